@@ -1,0 +1,95 @@
+"""Tiny backbones with random weights and a tokenizer trained offline, for the quickstart and tests.
+
+They are registered exactly like real presets, so every code path (registry, LoRA, collator,
+generation, checkpoints) runs on a laptop CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from emoverse.backbones.composed import IMAGE_TOKEN, ComposedBackbone
+from emoverse.backbones.registry import register_backbone
+from emoverse.data.record import EMOTIONS
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", IMAGE_TOKEN]
+_CORPUS_WORDS = (
+    "The person says Please determine which emotion label in the video represents sentiment positive "
+    "negative Positive Negative Describe the facial expression action units AU cheek raiser lip corner "
+    "puller brow lowerer inner outer brow raiser upper lid raiser jaw drop nose wrinkler lip stretcher "
+    "chin raiser lid tightener Why does the speaker feel because conversation utterance candidate target "
+    "cause emotion pairs speaker none None I you we they it this that what how great terrible awful "
+    "wonderful really very so not never always today tomorrow news happened lost won found broke " + " ".join(EMOTIONS)
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_json(vocab_size: int) -> str:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    from emoverse.data.demo import corpus
+
+    text = [_CORPUS_WORDS, *corpus()]
+    tok.train_from_iterator(text * 4, trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained offline on emoverse's prompt and demo vocabulary.
+
+    Byte-level, so any text encodes; deterministic; built in well under a second.
+    """
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
+        pad_token="<|pad|>", eos_token="<|end|>",
+        additional_special_tokens=[IMAGE_TOKEN],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def _tiny_vision_kwargs(image_size: int) -> dict[str, Any]:
+    return {"img_size": image_size, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2}
+
+
+def _tiny_llm(family: Literal["llama", "qwen2"], vocab: int, hidden: int, layers: int):
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                  pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True)
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common))
+    return Qwen2ForCausalLM(Qwen2Config(**common))
+
+
+@register_backbone
+def tiny(image_size: int = 64, hidden: int = 128, layers: int = 2, **kwargs: Any) -> ComposedBackbone:
+    """Tiny ViT (2 blocks, 16 tokens per 64×64 frame) → linear projector → tiny Llama (random weights)."""
+    tok = tiny_tokenizer()
+    return ComposedBackbone(
+        vision="vit_tiny_patch16_224", vision_kwargs=_tiny_vision_kwargs(image_size),
+        llm=_tiny_llm("llama", len(tok), hidden, layers), tokenizer=tok, **kwargs,
+    )
+
+
+@register_backbone
+def tiny_qwen2_mlp(image_size: int = 64, hidden: int = 96, layers: int = 2, **kwargs: Any) -> ComposedBackbone:
+    """Tiny ViT → MLP projector with 2×2 token pooling → tiny Qwen2 (random weights)."""
+    tok = tiny_tokenizer()
+    kwargs.setdefault("pool", 2)
+    return ComposedBackbone(
+        vision="vit_tiny_patch16_224", vision_kwargs=_tiny_vision_kwargs(image_size),
+        llm=_tiny_llm("qwen2", len(tok), hidden, layers), tokenizer=tok, projector="mlp", **kwargs,
+    )

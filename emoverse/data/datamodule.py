@@ -1,0 +1,137 @@
+"""`AMTDataModule`: AMT shards → task-weighted training batches and per-task evaluation batches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from emoverse.backbones.base import Processor
+from emoverse.curriculum.sampler import TaskWeightedSampler
+from emoverse.curriculum.stage import Stage
+from emoverse.data.collator import AMTCollator
+from emoverse.data.dataset import AMTDataset
+from emoverse.data.demo import make_demo_amt
+from emoverse.data.shards import ShardIndex
+from emoverse.tasks.base import Task
+
+
+class AMTDataModule(pl.LightningDataModule):
+    """Reads AMT shards; training draws (record, task) pairs with a `TaskWeightedSampler`.
+
+    The tokenizer, image preprocessing and task objects come from the attached `EmoVerseModule`
+    (its backbone's processor and its tasks), so they are configured in one place. Without a
+    `MultiStageCurriculum`, training is one stage over every record with equal task ratios.
+
+    Args:
+        path: AMT root (`{path}/{split}/*.tar`).
+        demo: build the demo AMT at `path` when it does not exist yet (`make_demo_amt`).
+        batch_size: training batch size per device.
+        eval_batch_size: validation/test/predict batch size (generation is batched).
+        num_workers: dataloader worker processes.
+        num_frames: frames per video prompt.
+        max_eval_per_task: cap on validation pairs per task (None = all); test always uses all.
+        seed: seed of the sampler and of prompt variants.
+        system_prompt: optional system message in every prompt.
+    """
+
+    def __init__(
+        self,
+        path: str = "data/demo_amt",
+        demo: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        num_frames: int = 4,
+        max_eval_per_task: int | None = None,
+        seed: int = 0,
+        system_prompt: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.path, self.demo = Path(path), demo
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.num_frames, self.max_eval_per_task, self.seed = num_frames, max_eval_per_task, seed
+        self.system_prompt = system_prompt
+        self.stages: list[Stage] | None = None
+        self.processor: Processor | None = None
+        self.tasks: dict[str, Task] = {}
+        self.datasets: dict[str, AMTDataset] = {}
+        self.train_sampler: TaskWeightedSampler | None = None
+
+    def prepare_data(self) -> None:
+        if self.demo and not (self.path / "manifest.json").exists():
+            make_demo_amt(self.path, seed=self.seed)
+
+    def configure(self, processor: Processor, tasks: Mapping[str, Task]) -> None:
+        """Set the processor and tasks by hand (the Trainer does it from the module in `setup`)."""
+        self.processor, self.tasks = processor, dict(tasks)
+
+    def use_curriculum(self, stages: Sequence[Stage]) -> None:
+        """Train by these stages (called by `MultiStageCurriculum` before the first epoch)."""
+        self.stages = list(stages)
+        self.train_sampler = None
+        if "train" in self.datasets:
+            self._build_sampler()
+
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None and self.trainer.lightning_module is not None:
+            module = self.trainer.lightning_module
+            self.configure(module.backbone.processor, module.tasks)
+        if self.processor is None:
+            raise RuntimeError("AMTDataModule: no processor and tasks; attach it to a Trainer with an "
+                               "EmoVerseModule or call configure(processor, tasks) first")
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = AMTDataset(ShardIndex(self.path, split), self.tasks, self.processor,
+                                                  self.num_frames, self.seed)
+
+    def _stages(self) -> list[Stage]:
+        if self.stages is not None:
+            return self.stages
+        have = set().union(*self.datasets["train"].record_tasks)
+        return [Stage(name="all-tasks", ratios={t: 1.0 for t in self.tasks if t in have}, budget="all")]
+
+    def _build_sampler(self) -> None:
+        self.train_sampler = TaskWeightedSampler(self.datasets["train"].record_tasks, self._stages(), seed=self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets["train"]
+        if self.train_sampler is None:
+            self._build_sampler()
+        return DataLoader(ds, batch_size=self.batch_size, sampler=self.train_sampler, num_workers=self.num_workers,
+                          collate_fn=AMTCollator(self.processor, "train", self.system_prompt),
+                          persistent_workers=self.num_workers > 0)
+
+    def _eval_loader(self, split: str, cap: int | None) -> DataLoader:
+        ds = self.datasets[split]
+        pairs = [p for t in self.tasks for p in ds.pairs([t])[:cap]]
+        return DataLoader(_Pairs(ds, pairs), batch_size=self.eval_batch_size,
+                          num_workers=self.num_workers,
+                          collate_fn=AMTCollator(self.processor, "generate", self.system_prompt))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val", self.max_eval_per_task)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test", None)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test", None)
+
+
+class _Pairs:
+    """A fixed list of (record, task) pairs over an `AMTDataset` (evaluation order)."""
+
+    def __init__(self, dataset: AMTDataset, pairs: list[tuple[int, str]]) -> None:
+        self.dataset, self.pairs = dataset, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dataset[self.pairs[i]]
