@@ -159,7 +159,7 @@ class EmoVerseModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = max(_schedule_steps(self.trainer), 1)
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -170,3 +170,16 @@ class EmoVerseModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict(checkpoint["state_dict"])
+
+
+def _schedule_steps(trainer: pl.Trainer) -> int:
+    """Optimizer steps the LR schedule spans.
+
+    Curriculum stages differ in length, which `estimated_stepping_batches` (every epoch as long as
+    the first) gets wrong, so the task-weighted sampler counts them; `max_steps` and
+    `limit_train_batches` still bound the run as the Trainer defines.
+    """
+    sampler = getattr(trainer.datamodule, "train_sampler", None)
+    if sampler is None or trainer.max_steps > 0 or trainer.limit_train_batches != 1.0:
+        return int(trainer.estimated_stepping_batches)
+    return sampler.total_steps(trainer.datamodule.batch_size, trainer.accumulate_grad_batches)

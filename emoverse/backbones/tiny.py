@@ -41,14 +41,16 @@ def _tokenizer_json(vocab_size: int) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     from emoverse.data.demo import corpus
+    from emoverse.tasks import get_task, list_tasks
 
-    text = [_CORPUS_WORDS, *corpus()]
+    templates = [get_task(name).template for name in list_tasks()]
+    text = [_CORPUS_WORDS, *templates, *corpus()]
     tok.train_from_iterator(text * 4, trainer)
     return tok.to_str()
 
 
-def tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained offline on emoverse's prompt and demo vocabulary.
+def tiny_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained offline on the default task prompts and the demo vocabulary.
 
     Byte-level, so any text encodes; deterministic; built in well under a second.
     """
@@ -65,10 +67,17 @@ def _tiny_vision_kwargs(image_size: int) -> dict[str, Any]:
     return {"img_size": image_size, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2}
 
 
+# A frozen random LLM can only fit its targets if its (tied, frozen) output embeddings can produce
+# confident logits: after the final RMSNorm |h| ~ sqrt(hidden), so the largest logit is about
+# hidden * std. The usual 0.02 caps it near 2.6 at hidden=128, too flat to learn; 0.1 allows ~13.
+INIT_STD = 0.1
+
+
 def _tiny_llm(family: Literal["llama", "qwen2"], vocab: int, hidden: int, layers: int):
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                  pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True)
+                  pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True,
+                  initializer_range=INIT_STD)
     if family == "llama":
         return LlamaForCausalLM(LlamaConfig(**common))
     return Qwen2ForCausalLM(Qwen2Config(**common))

@@ -1,0 +1,84 @@
+"""Draws per second of TaskWeightedSampler on an AMT-sized pool (~40k records, the M2SE stages).
+
+Baseline: the tiny model's training steps per second (`steps_per_second`), when the module exists;
+the sampler should be at least 100x faster so that it never shows up in a profile.
+
+Run: `python benchmarks/sampler.py`. The last line printed is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import numpy as np
+
+from emoverse.curriculum import TaskWeightedSampler, m2se_stages
+
+N_RECORDS = 40_000
+REPEATS = 7
+
+
+def amt_like(n: int = N_RECORDS, seed: int = 0) -> list[set[str]]:
+    """Label sets shaped like AMT: MOSEI clips (msa, some fer), MELD turns (mer, eri, some fer), ECF turns (ecpe, mer)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        source = i % 3
+        if source == 0:
+            records.append({"msa", "fer"} if rng.random() < 0.4 else {"msa"})
+        elif source == 1:
+            records.append({"mer", "eri", "fer"} if rng.random() < 0.5 else {"mer", "eri"})
+        else:
+            records.append({"ecpe", "mer"})
+    return records
+
+
+def draws_per_second(records: list[set[str]]) -> tuple[float, float]:
+    """Median draws/s over REPEATS full passes (every epoch of both stages, list generation included)."""
+    sampler = TaskWeightedSampler(records, m2se_stages(), seed=0, num_replicas=1, rank=0)
+    rates = []
+    for repeat in range(REPEATS):
+        sampler._cache.clear()  # measure the epoch-list generation too
+        start, n = time.perf_counter(), 0
+        for epoch in range(sampler.total_epochs):
+            sampler.set_epoch(epoch + repeat * sampler.total_epochs)
+            for _ in sampler:
+                n += 1
+        rates.append(n / (time.perf_counter() - start))
+    build = time.perf_counter()
+    TaskWeightedSampler(records, m2se_stages(), seed=0, num_replicas=1, rank=0)
+    return statistics.median(rates), time.perf_counter() - build
+
+
+# ---------------------------------------------------------------------------------------------
+# BASELINE: to be filled in with the tiny model's training-step rate (see the module's tests).
+# ---------------------------------------------------------------------------------------------
+def steps_per_second() -> float | None:
+    """Training steps/s of the tiny EmoVerse model on CPU; None while `emoverse.module` is unavailable."""
+    try:
+        from emoverse.module import EmoVerseModule  # noqa: F401
+    except ImportError:
+        return None
+    return None  # TODO: time a few training steps of the tiny preset here
+
+
+def main() -> None:
+    records = amt_like()
+    rate, build_s = draws_per_second(records)
+    print(f"TaskWeightedSampler: {rate:,.0f} draws/s (median of {REPEATS}), {N_RECORDS:,} records, M2SE stages")
+    print(f"construction (pools, quotas): {build_s * 1000:.1f} ms")
+    figures: dict[str, float | None] = {"draws_per_second": rate, "construction_seconds": build_s, "steps_per_second": None, "ratio": None}
+    steps = steps_per_second()
+    if steps:
+        figures["steps_per_second"] = steps
+        figures["ratio"] = rate / steps
+        print(f"tiny model: {steps:.2f} steps/s -> sampler is {rate / steps:,.0f}x faster (goal: >= 100x)")
+    else:
+        print("tiny model steps/s: unavailable (emoverse.module not ready); no ratio")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

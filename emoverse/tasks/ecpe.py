@@ -1,0 +1,202 @@
+"""ECPE: which earlier utterances (or the utterance itself) caused the target utterance's emotion."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from emoverse.data.record import AMTRecord
+from emoverse.metrics import ECPEPairF1
+from emoverse.metrics._utils import check_same_length
+from emoverse.metrics.ecpe import COMPAT_MODES, Compat
+from emoverse.tasks.base import Task, check_template
+from emoverse.tasks.parsing import (
+    EMOTION_SYNONYMS,
+    find_indices,
+    find_pairs,
+    says_no_cause,
+)
+from emoverse.tasks.registry import register_task
+
+ECPE_TEMPLATE = (
+    "Below is a conversation containing multiple utterances from different speakers, \n"
+    "along with the corresponding emotion label for each utterance. \n"
+    "Your task is to identify the indices of the candidate utterances that elicited the emotion in the target "
+    "utterance.\n"
+    "Input conversation:{conversation}\n"
+    "Candidate utterances:{candidates}\n"
+    "Target utterance:{target}\n"
+    'You need to return the answer as, for example, "3_surprise,1", \n'
+    "which means that the emotion of surprise in the third sentence is related to the first sentence, \n"
+    "and if the emotion is related to more than one sentence, separate the sentences with “;”.\n"
+    "The emotion-cause indices of the target utterance are:"
+)
+"""The released EmoVerse ECF 2.0 prompt (`data/ecf2_caption_test.json`)."""
+
+Triple = tuple[int, int, str]
+"""(emotion_turn, cause_turn, emotion), turns 1-based."""
+
+
+@dataclass(frozen=True)
+class ECPEAnswer:
+    """A parsed ECPE answer.
+
+    Attributes:
+        pairs: de-duplicated `(emotion_turn, cause_turn, emotion)` in order of appearance;
+            empty for an explicit "no cause" answer.
+        ignored: pairs dropped because the cause index is outside 1..target turn or the
+            emotion word is not an emotion.
+    """
+
+    pairs: tuple[Triple, ...] = ()
+    ignored: int = 0
+
+
+class ECPEAnswerF1(ECPEPairF1):
+    """`ECPEPairF1` plus the parser's counts: `unparsed` answers and `ignored_pairs`."""
+
+    def __init__(self, compat: Compat = "semeval", **kwargs: Any) -> None:
+        super().__init__(compat=compat, **kwargs)
+        self.add_state("unparsed", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("ignored_pairs", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[Any], target: Sequence[Any], unparsed: int = 0, ignored_pairs: int = 0) -> None:
+        """`ECPEPairF1.update`, plus how many answers were unparsable and pairs were ignored."""
+        super().update(preds, target)
+        self.unparsed += unparsed
+        self.ignored_pairs += ignored_pairs
+
+    def compute(self) -> dict[str, Tensor]:
+        return {**super().compute(), "unparsed": self.unparsed.float(), "ignored_pairs": self.ignored_pairs.float()}
+
+
+@register_task
+class ECPE(Task):
+    """Emotion-cause pair extraction for one target utterance of a conversation (ECF 2.0).
+
+    The query lists the conversation up to the target as `{turn}_{emotion}. {speaker}: {text}`
+    lines, the candidate causes and the target; the answer is `5_surprise,2;5_surprise,5`, or the
+    empty string when the target has no cause. Gold causes after the target turn are not shown,
+    so they are left out of the answer but stay in `target()` (they cost recall, as in SemEval).
+
+    Parsing (`parse`):
+    - every `<turn>_<emotion>,<cause>` found anywhere is a pair (emotion synonyms allowed);
+    - otherwise, an answer without digits that is empty or says none/no/nothing is "no cause";
+    - otherwise, every integer in the text is a cause index of the target utterance, paired with
+      the target's turn and emotion (needs the record, or the target in offline scoring);
+    - causes outside 1..target turn and unknown emotion words are dropped and counted
+      (`ECPEAnswer.ignored`); pairs are de-duplicated; anything else is `None`.
+
+    Args:
+        template: the query, with `{conversation}`, `{candidates}` and `{target}`.
+        include_target_in_candidates: list turns 1..target as candidates (self-causes are common
+            in ECF); `False` lists 1..target-1 like the released EmoVerse data.
+        compat: how `ECPEPairF1` treats utterances without gold cause (see there).
+    """
+
+    name = "ecpe"
+    media = "video"
+    max_new_tokens = 48
+
+    def __init__(
+        self,
+        template: str = ECPE_TEMPLATE,
+        include_target_in_candidates: bool = True,
+        compat: Compat = "semeval",
+    ) -> None:
+        fields = frozenset({"conversation", "candidates", "target"})
+        self.template = check_template(template, "ECPE.template", fields, fields)
+        self.include_target_in_candidates = include_target_in_candidates
+        if compat not in COMPAT_MODES:
+            raise ValueError(f"ECPE.compat={compat!r}: expected one of {COMPAT_MODES}")
+        self.compat = compat
+
+    def has_label(self, record: AMTRecord) -> bool:
+        return (
+            record.labels.cause_pairs is not None
+            and record.labels.emotion is not None
+            and record.turn is not None
+            and record.dialogue_id is not None
+            and all(u.emotion is not None for u in record.context)
+        )
+
+    def query(self, record: AMTRecord, rng: random.Random) -> str:
+        if record.turn is None or record.labels.emotion is None:
+            raise ValueError(f"record {record.id!r}: ECPE needs `turn` and the target's `labels.emotion`")
+        turns = [(u.turn, u.emotion, u.speaker, u.text) for u in record.context]
+        turns.append((record.turn, record.labels.emotion, record.speaker or "Speaker", record.text))
+        lines = {turn: f"{turn}_{emotion}. {speaker}: {text}" for turn, emotion, speaker, text in turns}
+        last = record.turn if self.include_target_in_candidates else record.turn - 1
+        return self.template.format(
+            conversation="\n".join(lines.values()),
+            candidates="\n".join(line for turn, line in lines.items() if turn <= last),
+            target=lines[record.turn],
+        )
+
+    def response(self, record: AMTRecord) -> str:
+        # A cause after the target turn (3.5% of ECF 2.0 test pairs) is not in the prompt: the
+        # answer leaves it out, the gold of `target()` keeps it (SemEval scores it as missed).
+        shown = sorted(p for p in record.labels.cause_pairs if p[1] <= record.turn)
+        return ";".join(f"{e}_{emotion},{c}" for e, c, emotion in shown)
+
+    def parse(self, text: str, record: AMTRecord | None = None) -> ECPEAnswer | None:
+        if record is None:
+            return self._parse(text, None, None)
+        return self._parse(text, record.turn, record.labels.emotion)
+
+    def parse_offline(self, text: str, target: Mapping[str, Any]) -> ECPEAnswer | None:
+        return self._parse(text, target.get("turn"), target.get("emotion"))
+
+    def target(self, record: AMTRecord) -> dict[str, Any]:
+        """`{"dialogue_id", "turn", "emotion", "pairs": [[emotion_turn, cause_turn, emotion], ...]}`."""
+        self.check_label(record)
+        pairs = [[e, c, emotion] for e, c, emotion in record.labels.cause_pairs]
+        return {"dialogue_id": record.dialogue_id, "turn": record.turn, "emotion": record.labels.emotion, "pairs": pairs}
+
+    def new_metric(self) -> Metric:
+        return ECPEAnswerF1(compat=self.compat)
+
+    def update_metric(
+        self, metric: Metric, predictions: Sequence[ECPEAnswer | None], targets: Sequence[Mapping[str, Any]]
+    ) -> None:
+        check_same_length(predictions, targets)
+        pred_pairs, gold_pairs, unparsed, ignored = [], [], 0, 0
+        for i, (pred, gold) in enumerate(zip(predictions, targets)):
+            missing = {"dialogue_id", "pairs"} - set(gold)
+            if missing:
+                raise ValueError(f"ECPE target #{i} lacks {sorted(missing)}; expected the dict from ECPE.target()")
+            conversation = gold["dialogue_id"]
+            gold_pairs += [(conversation, int(e), int(c), emotion) for e, c, emotion in gold["pairs"]]
+            if pred is None:
+                unparsed += 1
+                continue
+            pred_pairs += [(conversation, e, c, emotion) for e, c, emotion in pred.pairs]
+            ignored += pred.ignored
+        metric.update(pred_pairs, gold_pairs, unparsed=unparsed, ignored_pairs=ignored)
+
+    @staticmethod
+    def _parse(text: str, turn: int | None, emotion: str | None) -> ECPEAnswer | None:
+        found = find_pairs(text)
+        if found:
+            triples, ignored = [], 0
+            for emotion_turn, word, cause in found:
+                limit = turn if turn is not None else emotion_turn
+                label = EMOTION_SYNONYMS.get(word)
+                if label is None or not 1 <= cause <= limit:
+                    ignored += 1
+                else:
+                    triples.append((emotion_turn, cause, label))
+            return ECPEAnswer(tuple(dict.fromkeys(triples)), ignored)
+        if says_no_cause(text):
+            return ECPEAnswer()
+        causes = find_indices(text)
+        if not causes or turn is None or emotion is None:
+            return None
+        kept = [c for c in causes if 1 <= c <= turn]
+        return ECPEAnswer(tuple(dict.fromkeys((turn, c, emotion) for c in kept)), len(causes) - len(kept))

@@ -1,0 +1,33 @@
+"""Task registry: `register_task` (a class decorator) and `get_task(name)`."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from emoverse.tasks.base import Task
+
+_TASKS: dict[str, type[Task]] = {}
+T = TypeVar("T", bound=type[Task])
+
+
+def register_task(cls: T) -> T:
+    """Register a `Task` subclass under its `name`; a second class with the same name is an error."""
+    name = cls.name
+    if name in _TASKS and _TASKS[name] is not cls:
+        raise ValueError(f"task {name!r} is already registered by {_TASKS[name].__qualname__}")
+    _TASKS[name] = cls
+    return cls
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build the registered task `name` (kwargs go to its constructor, e.g. a prompt template)."""
+    try:
+        cls = _TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}") from None
+    return cls(**kwargs)
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks, sorted."""
+    return sorted(_TASKS)

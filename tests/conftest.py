@@ -1,0 +1,35 @@
+"""Shared fixtures: the demo AMT (built once per session) and a tiny module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_amt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart's demo AMT (default size, seed 0)."""
+    path = tmp_path_factory.mktemp("demo_amt")
+    make_demo_amt(path, seed=0)
+    return path
+
+
+@pytest.fixture
+def tiny_module() -> EmoVerseModule:
+    torch.manual_seed(0)
+    return EmoVerseModule("tiny", lr=1e-3)
+
+
+@pytest.fixture
+def demo_data(demo_amt: Path, tiny_module: EmoVerseModule) -> AMTDataModule:
+    dm = AMTDataModule(str(demo_amt), batch_size=4, eval_batch_size=4)
+    dm.configure(tiny_module.backbone.processor, tiny_module.tasks)
+    dm.setup("fit")
+    return dm
