@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -83,22 +84,29 @@ def _tiny_llm(family: Literal["llama", "qwen2"], vocab: int, hidden: int, layers
     return Qwen2ForCausalLM(Qwen2Config(**common))
 
 
+def _build(family: Literal["llama", "qwen2"], image_size: int, hidden: int, layers: int, seed: int,
+           **kwargs: Any) -> ComposedBackbone:
+    # The frozen weights are a function of `seed` alone, so a checkpoint of the trainable weights
+    # rebuilds the same model whatever the global RNG state was.
+    tok = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ComposedBackbone(
+            vision="vit_tiny_patch16_224", vision_kwargs=_tiny_vision_kwargs(image_size),
+            llm=_tiny_llm(family, len(tok), hidden, layers), tokenizer=tok, **kwargs,
+        )
+
+
 @register_backbone
-def tiny(image_size: int = 64, hidden: int = 128, layers: int = 2, **kwargs: Any) -> ComposedBackbone:
+def tiny(image_size: int = 64, hidden: int = 128, layers: int = 2, seed: int = 0, **kwargs: Any) -> ComposedBackbone:
     """Tiny ViT (2 blocks, 16 tokens per 64×64 frame) → linear projector → tiny Llama (random weights)."""
-    tok = tiny_tokenizer()
-    return ComposedBackbone(
-        vision="vit_tiny_patch16_224", vision_kwargs=_tiny_vision_kwargs(image_size),
-        llm=_tiny_llm("llama", len(tok), hidden, layers), tokenizer=tok, **kwargs,
-    )
+    return _build("llama", image_size, hidden, layers, seed, **kwargs)
 
 
 @register_backbone
-def tiny_qwen2_mlp(image_size: int = 64, hidden: int = 96, layers: int = 2, **kwargs: Any) -> ComposedBackbone:
+def tiny_qwen2_mlp(image_size: int = 64, hidden: int = 96, layers: int = 2, seed: int = 0,
+                   **kwargs: Any) -> ComposedBackbone:
     """Tiny ViT → MLP projector with 2×2 token pooling → tiny Qwen2 (random weights)."""
-    tok = tiny_tokenizer()
     kwargs.setdefault("pool", 2)
-    return ComposedBackbone(
-        vision="vit_tiny_patch16_224", vision_kwargs=_tiny_vision_kwargs(image_size),
-        llm=_tiny_llm("qwen2", len(tok), hidden, layers), tokenizer=tok, projector="mlp", **kwargs,
-    )
+    kwargs.setdefault("projector", "mlp")
+    return _build("qwen2", image_size, hidden, layers, seed, **kwargs)

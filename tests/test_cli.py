@@ -1,0 +1,77 @@
+"""`emoverse fit` through LightningCLI: the quickstart config, a user backbone, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from emoverse import EmoVerseModule
+from emoverse.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+QUICKSTART = REPO / "examples" / "configs" / "quickstart.yaml"
+
+
+def _fit(config: Path, data: Path, root: Path, *extra: str) -> Path:
+    main(["fit", "--config", str(config), "--data.init_args.path", str(data),
+          "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+          "--data.init_args.max_eval_per_task", "2", "--trainer.num_sanity_val_steps", "0",
+          "--trainer.check_val_every_n_epoch", "4",
+          "--trainer.logger.init_args.save_dir", str(root), "--trainer.default_root_dir", str(root), *extra])
+    return next(root.glob("lightning_logs/version_*"))
+
+
+def _losses(run: Path) -> list[float]:
+    rows = csv.DictReader(open(run / "metrics.csv"))
+    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+
+
+def test_quickstart_fit_logs_and_checkpoints_trainable_weights_only(demo_amt: Path, tmp_path: Path) -> None:
+    run = _fit(QUICKSTART, demo_amt, tmp_path, "--trainer.log_every_n_steps", "1")
+    assert len(_losses(run)) == 12  # 4 epochs x 3 batches
+    header = next(csv.reader(open(run / "metrics.csv")))
+    assert {"train/msa/loss", "curriculum/stage", "val/msa/acc2_nn", "val/ecpe/f1"} <= set(header)
+    ckpt_path = next((run / "checkpoints").glob("*.ckpt"))
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    keys = list(ckpt["state_dict"])
+    assert keys and all(".projector." in k or "lora_" in k for k in keys)
+    assert ckpt["hyper_parameters"]["backbone"] == "tiny"
+
+    restored = EmoVerseModule.load_from_checkpoint(ckpt_path, weights_only=True)
+    state = restored.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())
+
+
+def test_user_backbone_trains_with_only_the_backbone_entry_changed(
+    demo_amt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    config = yaml.safe_load(QUICKSTART.read_text())
+    config["model"]["init_args"]["backbone"] = {"class_path": "custom_backbone.ConvBackbone",
+                                                "init_args": {"channels": 16}}
+    mine = tmp_path / "my_quickstart.yaml"
+    mine.write_text(yaml.safe_dump(config))
+    run = _fit(mine, demo_amt, tmp_path / "runs", "--trainer.log_every_n_steps", "1")
+    losses = _losses(run)
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    hp = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert hp["backbone"]["class_path"] == "custom_backbone.ConvBackbone"
+
+
+def test_unknown_yaml_key_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(QUICKSTART), "--model.init_args.lora_rank", "4"])
+    assert "lora_rank" in capsys.readouterr().err
+
+
+def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(QUICKSTART), "--print_config"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["lora_alpha"] == 32
