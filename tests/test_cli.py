@@ -27,14 +27,14 @@ def _fit(config: Path, data: Path, root: Path, *extra: str) -> Path:
 
 
 def _losses(run: Path) -> list[float]:
-    rows = csv.DictReader(open(run / "metrics.csv"))
-    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    with open(run / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 def test_quickstart_fit_logs_and_checkpoints_trainable_weights_only(demo_amt: Path, tmp_path: Path) -> None:
     run = _fit(QUICKSTART, demo_amt, tmp_path, "--trainer.log_every_n_steps", "1")
     assert len(_losses(run)) == 12  # 4 epochs x 3 batches
-    header = next(csv.reader(open(run / "metrics.csv")))
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/msa/loss", "curriculum/stage", "val/msa/acc2_nn", "val/ecpe/f1"} <= set(header)
     ckpt_path = next((run / "checkpoints").glob("*.ckpt"))
     ckpt = torch.load(ckpt_path, weights_only=True)
