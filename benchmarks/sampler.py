@@ -1,7 +1,7 @@
 """Draws per second of TaskWeightedSampler on an AMT-sized pool (~40k records, the M2SE stages).
 
-Baseline: the tiny model's training steps per second (`steps_per_second`), when the module exists;
-the sampler should be at least 100x faster so that it never shows up in a profile.
+Baseline: the tiny EmoVerse model's training steps per second on CPU (`steps_per_second`, batch 8);
+the sampler should draw at least 100x faster so that it never shows up in a profile.
 
 Run: `python benchmarks/sampler.py`. The last line printed is one JSON object of the figures.
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
 
 import numpy as np
+import torch
 
 from emoverse.curriculum import TaskWeightedSampler, m2se_stages
 
@@ -52,16 +54,35 @@ def draws_per_second(records: list[set[str]]) -> tuple[float, float]:
     return statistics.median(rates), time.perf_counter() - build
 
 
-# ---------------------------------------------------------------------------------------------
-# BASELINE: to be filled in with the tiny model's training-step rate (see the module's tests).
-# ---------------------------------------------------------------------------------------------
-def steps_per_second() -> float | None:
-    """Training steps/s of the tiny EmoVerse model on CPU; None while `emoverse.module` is unavailable."""
+def steps_per_second(batch_size: int = 8, warmup: int = 3, steps: int = 20) -> float | None:
+    """Training steps/s of the tiny EmoVerse model on CPU: median over `steps` timed steps after `warmup`.
+
+    One step = forward + backward + AdamW step on a demo batch of `batch_size` (batches are collated
+    beforehand, so data loading is not timed). None while `emoverse.module` is unavailable.
+    """
     try:
-        from emoverse.module import EmoVerseModule  # noqa: F401
+        from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
     except ImportError:
         return None
-    return None  # TODO: time a few training steps of the tiny preset here
+    torch.manual_seed(0)
+    module = EmoVerseModule("tiny", lr=1e-3)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_demo_amt(tmp, seed=0, num_monologues=200, num_dialogues=40)
+        data = AMTDataModule(tmp, batch_size=batch_size)
+        data.configure(module.backbone.processor, module.tasks)
+        data.setup("fit")
+        loader = iter(data.train_dataloader())
+        batches = [next(loader) for _ in range(warmup + steps)]
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    module.train()
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        module(batch)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    return 1.0 / statistics.median(times[warmup:])
 
 
 def main() -> None:

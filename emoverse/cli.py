@@ -1,8 +1,10 @@
-"""The `emoverse` command: LightningCLI over EmoVerseModule and AMTDataModule, plus `emoverse score`."""
+"""The `emoverse` command: LightningCLI over EmoVerseModule and AMTDataModule, plus `score` and `collect`."""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -17,19 +19,25 @@ TRAINER_DEFAULTS = {
 }
 
 
+CLI_KWARGS: dict[str, Any] = {
+    "trainer_defaults": TRAINER_DEFAULTS, "subclass_mode_model": True, "subclass_mode_data": True,
+    "auto_configure_optimizers": False,
+}
+"""How `emoverse` builds its LightningCLI (tests parse the example configs with the same settings)."""
+
+TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments"}
+"""Subcommands that are plain tools, not Trainer runs: name -> module with `main(argv) -> int`."""
+
+
 class EmoVerseCLI(LightningCLI):
     """`emoverse fit|validate|test|predict --config my.yaml`."""
 
 
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    if words[:1] == ["score"]:
-        from emoverse.scoring import main as score
-
-        return score(words[1:])
-    EmoVerseCLI(EmoVerseModule, AMTDataModule, args=argv, trainer_defaults=TRAINER_DEFAULTS,
-                subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
-                save_config_kwargs={"overwrite": True})
+    if words[:1] and words[0] in TOOLS:
+        return importlib.import_module(TOOLS[words[0]]).main(words[1:])
+    EmoVerseCLI(EmoVerseModule, AMTDataModule, args=argv, save_config_kwargs={"overwrite": True}, **CLI_KWARGS)
     return 0
 
 

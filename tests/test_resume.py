@@ -1,0 +1,107 @@
+"""Acceptance test of the M2SE curriculum: a run stopped in stage 2 and resumed equals an uninterrupted run.
+
+Real `EmoVerseModule` (tiny backbone, no dropout, so the forward pass draws no random numbers) and
+`AMTDataModule` on a small demo AMT; the stages are the M2SE mixes scaled down to a few steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage
+from emoverse.data import make_demo_amt
+
+BATCH = 4
+
+
+def m2se_small(first: int, second: int) -> list[Stage]:
+    """M2SE's mixes on a small pool: 1 epoch of `first` batches, then 2 epochs of `second` batches."""
+    return [
+        Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=first * BATCH),
+        Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, epochs=2, samples_per_epoch=second * BATCH),
+    ]
+
+
+class Stop(Exception):
+    """Raised to interrupt a run, as a crash or a pre-empted job would."""
+
+
+class Recorder(pl.Callback):
+    """Records the (record id, task) pairs of every training batch; raises `Stop` before step `stop_at + 1`."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.pairs: list[tuple[str, str]] = []
+        self.stop_at = stop_at
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.stop_at:
+            raise Stop(f"stopped after step {self.stop_at}")
+        self.pairs.extend(zip(batch["ids"], batch["tasks"]))
+
+
+@pytest.fixture(scope="module")
+def small_amt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("small_amt")
+    make_demo_amt(path, seed=0, num_monologues=40, num_dialogues=10, num_frames=2)
+    return path
+
+
+def fit(amt: Path, root: Path, stages: list[Stage], recorder: Recorder, ckpt_path: str | None = None,
+        every: int | None = None) -> EmoVerseModule:
+    """One `Trainer.fit` of the tiny module under the scaled-down M2SE curriculum."""
+    torch.manual_seed(0)
+    module = EmoVerseModule("tiny", lora_dropout=0.0, lr=1e-3, warmup_ratio=0.2)
+    data = AMTDataModule(str(amt), batch_size=BATCH, eval_batch_size=BATCH, num_frames=2, seed=0)
+    callbacks: list[pl.Callback] = [MultiStageCurriculum(stages), recorder]
+    if every:
+        callbacks.append(pl.callbacks.ModelCheckpoint(root, filename="{step}", every_n_train_steps=every, save_top_k=-1))
+    trainer = pl.Trainer(
+        max_epochs=sum(s.epochs for s in stages), accelerator="cpu", devices=1, callbacks=callbacks,
+        logger=False, enable_checkpointing=bool(every), enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module
+
+
+def check_resume(amt: Path, tmp_path: Path, first: int, second: int, stop: int) -> None:
+    """Fit uninterrupted; fit again, stop after step `stop` and resume from its checkpoint; compare."""
+    stages = m2se_small(first, second)
+    full = Recorder()
+    reference = fit(amt, tmp_path / "full", stages, full)
+    assert len(full.pairs) == (first + 2 * second) * BATCH
+    assert {t for _, t in full.pairs[: first * BATCH]} <= {"msa", "fer", "mer"}
+    assert {t for _, t in full.pairs[first * BATCH :]} >= {"eri", "ecpe"}
+
+    interrupted = Recorder(stop_at=stop)
+    with pytest.raises(Stop):
+        fit(amt, tmp_path / "stopped", stages, interrupted, every=stop)
+    assert interrupted.pairs == full.pairs[: stop * BATCH]
+
+    rest = Recorder()
+    resumed = fit(amt, tmp_path / "resumed", stages, rest, ckpt_path=str(tmp_path / "stopped" / f"step={stop}.ckpt"))
+    assert rest.pairs == full.pairs[stop * BATCH :]
+    want, got = reference.trainable_state_dict(), resumed.trainable_state_dict()
+    assert want and want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
+    torch.manual_seed(0)
+    initial = EmoVerseModule("tiny", lora_dropout=0.0).state_dict()
+    assert any(not torch.equal(initial[name], want[name]) for name in want), "training changed no weight"
+
+
+def test_resume_mid_stage_two(small_amt: Path, tmp_path: Path) -> None:
+    # 2 + 2x3 steps; stopped 2 batches into stage 2's first epoch
+    check_resume(small_amt, tmp_path, first=2, second=3, stop=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [7, 9, 12], ids=["mid-epoch", "epoch-end", "second-epoch"])
+def test_resume_in_stage_two_slow(small_amt: Path, tmp_path: Path, stop: int) -> None:
+    # 4 + 2x5 steps; stage 2 covers steps 5-14, its first epoch ends at step 9
+    check_resume(small_amt, tmp_path, first=4, second=5, stop=stop)
