@@ -8,9 +8,6 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
-from emoverse.data.datamodule import AMTDataModule
-from emoverse.module import EmoVerseModule
-
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
@@ -37,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if words[:1] and words[0] in TOOLS:
         return importlib.import_module(TOOLS[words[0]]).main(words[1:])
+    from emoverse.data.datamodule import AMTDataModule
+    from emoverse.module import EmoVerseModule
+
     EmoVerseCLI(EmoVerseModule, AMTDataModule, args=argv, save_config_kwargs={"overwrite": True}, **CLI_KWARGS)
     return 0
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import warnings
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from PIL import Image
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
 from emoverse.backbones import Backbone, create_backbone
+from emoverse.data.record import Utterance
 from emoverse.evaluation import SPLITS, Evaluator
 from emoverse.lora import TRAIN_PARTS, add_lora, set_trainable
 from emoverse.tasks import get_task, list_tasks
@@ -55,7 +58,13 @@ class EmoVerseModule(pl.LightningModule):
         predictions_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("backbone"), nn.Module):
+            # a Backbone passed as an object (not by LightningCLI's class_path config, which is kept)
+            # cannot be stored as a hyper-parameter: rebuild with load_from_checkpoint(backbone=...)
+            self.remove_ignored_hparams(["backbone"])
         unknown = [t for t in tasks if t not in list_tasks()]
         if unknown or not tasks:
             raise ValueError(f"tasks={tasks}: unknown {unknown}; expected a non-empty list from {list_tasks()}")
@@ -143,16 +152,32 @@ class EmoVerseModule(pl.LightningModule):
         return self.evaluator.predict(batch)
 
     @torch.no_grad()
-    def analyze(self, frames: list[Any], text: str, tasks: Collection[str] | None = None, **record: Any) -> dict[str, Any]:
-        """Answer each task about one clip: `{task: parsed prediction}` (sentiment, emotion, ...).
+    def analyze(self, frames: Sequence[Image.Image], text: str, tasks: Collection[str] | None = None, *,
+                speaker: str | None = None, context: Sequence[Utterance | Mapping[str, Any]] = (),
+                turn: int | None = None, emotion: str | None = None, num_frames: int = 4,
+                peak_frame: int | None = None) -> dict[str, Any]:
+        """Answer each task about one clip: `{task: parsed answer}`, `None` where unreadable.
+
+        msa gives a sentiment score (float), mer an emotion label, fer and eri text, ecpe an
+        `ECPEAnswer` (pairs `(emotion_turn, cause_turn, emotion)`). All tasks but ecpe are
+        answered in one batched generation.
 
         Args:
-            frames: PIL images in time order.
+            frames: the clip's PIL images in time order (video tasks see up to `num_frames` of them).
             text: the utterance.
             tasks: task names (default: all of this module's tasks).
-            record: optional `AMTRecord` fields, e.g. `speaker`, `context`, `turn`, `peak_frame`.
+            speaker: who says `text` (shown in the ecpe conversation).
+            context: ecpe only: the earlier turns of the dialogue, as `Utterance`s or dicts
+                `{"speaker", "text", "emotion"}` (optional `"turn"`, default its 1-based position);
+                every turn needs its emotion, as in ECF 2.0.
+            turn: ecpe only: the 1-based turn of `text` (default: `len(context) + 1`).
+            emotion: ecpe only: the emotion of `text`; when `None`, the module's mer answer is used
+                (ecpe is `None` if that answer is unreadable).
+            num_frames: frames sampled uniformly for video tasks (use the datamodule's `num_frames`).
+            peak_frame: index of the most expressive frame, shown to fer (default: the middle one).
         """
-        return self.evaluator.analyze(frames, text, list(tasks or self.tasks), **record)
+        return self.evaluator.analyze(frames, text, list(tasks or self.tasks), speaker=speaker, context=context,
+                                      turn=turn, emotion=emotion, num_frames=num_frames, peak_frame=peak_frame)
 
     # optimisation and checkpoints ------------------------------------------------------------
 

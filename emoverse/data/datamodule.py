@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -16,7 +16,9 @@ from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset
 from emoverse.data.demo import make_demo_amt
 from emoverse.data.shards import ShardIndex
-from emoverse.tasks.base import Task
+
+if TYPE_CHECKING:
+    from emoverse.tasks.base import Task
 
 
 class AMTDataModule(pl.LightningDataModule):
@@ -110,6 +112,9 @@ class AMTDataModule(pl.LightningDataModule):
     def _eval_loader(self, split: str, cap: int | None) -> DataLoader:
         ds = self.datasets[split]
         pairs = [p for t in self.tasks for p in ds.pairs([t])[:cap]]
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # each rank scores a disjoint share, unpadded (torchmetrics reduces the states)
+            pairs = pairs[self.trainer.global_rank::self.trainer.world_size]
         return DataLoader(_Pairs(ds, pairs), batch_size=self.eval_batch_size,
                           num_workers=self.num_workers,
                           collate_fn=AMTCollator(self.processor, "generate", self.system_prompt))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emoverse.backbones.base import Processor
 from emoverse.data.record import AMTRecord
 from emoverse.data.shards import ShardIndex
-from emoverse.tasks.base import Task
+
+if TYPE_CHECKING:
+    from emoverse.tasks.base import Task
 
 
 def select_frames(record: AMTRecord, media: str, num_frames: int) -> list[Any]:
