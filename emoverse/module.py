@@ -206,5 +206,9 @@ def _schedule_steps(trainer: pl.Trainer) -> int:
     """
     sampler = getattr(trainer.datamodule, "train_sampler", None)
     if sampler is None or trainer.max_steps > 0 or trainer.limit_train_batches != 1.0:
-        return int(trainer.estimated_stepping_batches)
+        steps = trainer.estimated_stepping_batches
+        if steps == float("inf") or steps < 0:  # Lightning gives max_steps (-1) for a stream
+            raise ValueError("the training data has no length (a stream): set Trainer(max_steps=...) so the "
+                             "warm-up + cosine schedule knows its span")
+        return int(steps)
     return sampler.total_steps(trainer.datamodule.batch_size, trainer.accumulate_grad_batches)

@@ -16,6 +16,7 @@ from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset
 from emoverse.data.demo import make_demo_amt
 from emoverse.data.shards import ShardIndex
+from emoverse.data.streaming import AMTStream
 
 if TYPE_CHECKING:
     from emoverse.tasks.base import Task
@@ -38,6 +39,10 @@ class AMTDataModule(pl.LightningDataModule):
         max_eval_per_task: cap on validation pairs per task (None = all); test always uses all.
         seed: seed of the sampler and of prompt variants.
         system_prompt: optional system message in every prompt.
+        streaming: stream training examples from the shards (`AMTStream`: one webdataset stream per
+            task, shards split across ranks and workers) instead of indexed, resumable sampling;
+            not combinable with a `MultiStageCurriculum`.
+        stream_ratios: task ratios of the stream (default: equal over the module's tasks).
     """
 
     def __init__(
@@ -51,6 +56,8 @@ class AMTDataModule(pl.LightningDataModule):
         max_eval_per_task: int | None = None,
         seed: int = 0,
         system_prompt: str | None = None,
+        streaming: bool = False,
+        stream_ratios: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -58,6 +65,7 @@ class AMTDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.num_frames, self.max_eval_per_task, self.seed = num_frames, max_eval_per_task, seed
         self.system_prompt = system_prompt
+        self.streaming, self.stream_ratios = streaming, stream_ratios
         self.stages: list[Stage] | None = None
         self.processor: Processor | None = None
         self.tasks: dict[str, Task] = {}
@@ -74,6 +82,9 @@ class AMTDataModule(pl.LightningDataModule):
 
     def use_curriculum(self, stages: Sequence[Stage]) -> None:
         """Train by these stages (called by `MultiStageCurriculum` before the first epoch)."""
+        if self.streaming:
+            raise ValueError("AMTDataModule(streaming=True) cannot run a MultiStageCurriculum: stage budgets and "
+                             "exact resume need indexed access; set streaming: false")
         self.stages = list(stages)
         self.train_sampler = None
         if "train" in self.datasets:
@@ -88,6 +99,8 @@ class AMTDataModule(pl.LightningDataModule):
                                "EmoVerseModule or call configure(processor, tasks) first")
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
         for split in splits:
+            if split == "train" and self.streaming:
+                continue
             if split not in self.datasets:
                 self.datasets[split] = AMTDataset(ShardIndex(self.path, split), self.tasks, self.processor,
                                                   self.num_frames, self.seed)
@@ -102,6 +115,11 @@ class AMTDataModule(pl.LightningDataModule):
         self.train_sampler = TaskWeightedSampler(self.datasets["train"].record_tasks, self._stages(), seed=self.seed)
 
     def train_dataloader(self) -> DataLoader:
+        if self.streaming:
+            ratios = self.stream_ratios or {t: 1.0 for t in self.tasks}
+            stream = AMTStream(self.path, "train", self.tasks, ratios, self.processor, self.num_frames, self.seed)
+            return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                              collate_fn=AMTCollator(self.processor, "train", self.system_prompt))
         ds = self.datasets["train"]
         if self.train_sampler is None:
             self._build_sampler()

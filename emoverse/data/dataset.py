@@ -61,11 +61,14 @@ class AMTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, str]) -> dict[str, Any]:
         i, name = key
-        task = self.tasks[name]
-        record = self.index.record(i)
-        query, response = task.build(record, random.Random(f"{self.seed}/{record.id}/{name}"))
-        frames = select_frames(record, task.media, self.num_frames)
-        pixel_values = self.processor.pixel_values(frames, where=f"record {record.id}")
-        record.frames = []  # the batch carries labels and ids, not decoded images
-        return {"id": record.id, "task": name, "query": query, "response": response,
-                "pixel_values": pixel_values, "record": record}
+        return make_example(self.index.record(i), self.tasks[name], self.processor, self.num_frames, self.seed)
+
+
+def make_example(record: AMTRecord, task: Task, processor: Processor, num_frames: int, seed: int) -> dict[str, Any]:
+    """One training/evaluation example: the task's (query, response), the frames it shows, the record."""
+    query, response = task.build(record, random.Random(f"{seed}/{record.id}/{task.name}"))
+    frames = select_frames(record, task.media, num_frames)
+    pixel_values = processor.pixel_values(frames, where=f"record {record.id}")
+    record.frames = []  # the batch carries labels and ids, not decoded images
+    return {"id": record.id, "task": task.name, "query": query, "response": response,
+            "pixel_values": pixel_values, "record": record}

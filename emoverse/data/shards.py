@@ -137,7 +137,7 @@ def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0
     ds = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=seed,
                         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False)
     if shuffle:
-        ds = ds.shuffle(shuffle)
+        ds = ds.shuffle(shuffle, seed=seed)
     for sample in ds:
         where = f"{sample['__url__']} record {sample['__key__']}"
         meta = json.loads(sample["json"])
