@@ -15,13 +15,26 @@ IMAGE_TOKEN = "<image>"
 Quantization = Literal["4bit", "8bit"]
 
 
-def build_projector(kind: Literal["linear", "mlp"], in_dim: int, out_dim: int) -> nn.Module:
-    """The paper's linear projector W_v, or LLaVA-1.5's two-layer MLP."""
+def build_projector(kind: Literal["linear", "mlp"], in_dim: int, out_dim: int, out_norm: float | None = None) -> nn.Module:
+    """The paper's linear projector W_v, or LLaVA-1.5's two-layer MLP.
+
+    Args:
+        out_norm: initialise the last layer so that unit-variance inputs give outputs of about this
+            L2 norm (the LLM's typical token-embedding norm). A projector trained from scratch at
+            PyTorch's default init emits visual tokens several times the norm of the text
+            embeddings, and dozens of them per frame then drown the text in every attention layer.
+    """
     if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-    raise ValueError(f"projector={kind!r}; expected 'linear' or 'mlp'")
+        proj: nn.Module = nn.Linear(in_dim, out_dim)
+    elif kind == "mlp":
+        proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+    else:
+        raise ValueError(f"projector={kind!r}; expected 'linear' or 'mlp'")
+    if out_norm is not None:
+        last = proj if isinstance(proj, nn.Linear) else proj[-1]
+        nn.init.normal_(last.weight, std=out_norm / (last.in_features * last.out_features) ** 0.5)
+        nn.init.zeros_(last.bias)
+    return proj
 
 
 def load_llm(
@@ -105,8 +118,9 @@ class ComposedBackbone(Backbone):
         if tokenizer.chat_template is None:
             raise ValueError(f"ComposedBackbone: tokenizer {type(tokenizer).__name__} has no chat template; "
                              "set `tokenizer.chat_template` (a Jinja string) before building the backbone")
-        hidden = llm.get_input_embeddings().embedding_dim
-        self.projector = build_projector(projector, vision.num_features, hidden)
+        embeddings = llm.get_input_embeddings().weight
+        text_norm = float(embeddings.detach().float().norm(dim=-1).median())
+        self.projector = build_projector(projector, vision.num_features, embeddings.shape[1], out_norm=text_norm)
         size = _input_size(vision)
         grid = size // _patch_size(vision)
         if grid % pool:
