@@ -1,0 +1,54 @@
+"""`FreeTextTask`: tasks whose answer is one text label of the record, scored by token F1."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import ClassVar
+
+from torchmetrics import Metric
+
+from emoverse.data.record import AMTRecord
+from emoverse.metrics import TokenF1
+from emoverse.metrics._utils import check_same_length
+from emoverse.tasks.base import Task, check_template
+
+
+class FreeTextTask(Task):
+    """The answer is `record.labels.<label_field>` verbatim; the parse is the stripped generation
+    (empty → `None`); `TokenF1` scores token F1 and exact match against the reference.
+
+    Subclasses set `name`, `media`, `label_field` and a default `template`.
+
+    Args:
+        template: the query; may use `{utterance}` (the transcript).
+    """
+
+    label_field: ClassVar[str]
+    max_new_tokens = 64
+
+    def __init__(self, template: str) -> None:
+        self.template = check_template(template, f"{type(self).__name__}.template", frozenset({"utterance"}))
+
+    def has_label(self, record: AMTRecord) -> bool:
+        return getattr(record.labels, self.label_field) is not None
+
+    def query(self, record: AMTRecord, rng: random.Random) -> str:
+        return self.template.format(utterance=record.text)
+
+    def response(self, record: AMTRecord) -> str:
+        return self.target(record)
+
+    def parse(self, text: str, record: AMTRecord | None = None) -> str | None:
+        return text.strip() or None
+
+    def target(self, record: AMTRecord) -> str:
+        self.check_label(record)
+        return getattr(record.labels, self.label_field)
+
+    def new_metric(self) -> Metric:
+        return TokenF1()
+
+    def update_metric(self, metric: Metric, predictions: Sequence[str | None], targets: Sequence[str]) -> None:
+        check_same_length(predictions, targets)
+        metric.update(list(predictions), list(targets))
