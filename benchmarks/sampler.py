@@ -13,28 +13,17 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from emoverse.curriculum import TaskWeightedSampler, m2se_stages
+from emoverse.data.demo import amt_label_sets
 
 N_RECORDS = 40_000
 REPEATS = 7
 
 
 def amt_like(n: int = N_RECORDS, seed: int = 0) -> list[set[str]]:
-    """Label sets shaped like AMT: MOSEI clips (msa, some fer), MELD turns (mer, eri, some fer), ECF turns (ecpe, mer)."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        source = i % 3
-        if source == 0:
-            records.append({"msa", "fer"} if rng.random() < 0.4 else {"msa"})
-        elif source == 1:
-            records.append({"mer", "eri", "fer"} if rng.random() < 0.5 else {"mer", "eri"})
-        else:
-            records.append({"ecpe", "mer"})
-    return records
+    return amt_label_sets(n, seed)
 
 
 def draws_per_second(records: list[set[str]]) -> tuple[float, float]:

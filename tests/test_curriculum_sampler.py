@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from emoverse.curriculum import Stage, TaskWeightedSampler, m2se_stages, mix_streams
+from emoverse.data.demo import amt_label_sets
 
 N_RECORDS = 6000
 STAGES = [
@@ -18,18 +18,7 @@ STAGES = [
 
 
 def amt_like(n: int = N_RECORDS, seed: int = 0) -> list[set[str]]:
-    """Records shaped like AMT: MOSEI clips (msa, some fer), MELD turns (mer, eri, fer), ECF turns (ecpe, mer)."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        source = i % 3
-        if source == 0:
-            records.append({"msa", "fer"} if rng.random() < 0.4 else {"msa"})
-        elif source == 1:
-            records.append({"mer", "eri", "fer"} if rng.random() < 0.5 else {"mer", "eri"})
-        else:
-            records.append({"ecpe", "mer"})
-    return records
+    return amt_label_sets(n, seed)
 
 
 RECORDS = amt_like()

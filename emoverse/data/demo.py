@@ -43,6 +43,16 @@ VALENCE = {"joy": 2.0, "surprise": 1.0, "neutral": 0.0, "sadness": -2.0, "anger"
 SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 
 
+def amt_label_sets(n: int, seed: int = 0) -> list[set[str]]:
+    """Task sets shaped like the real AMT, for sampler tests and benchmarks: MOSEI clips (msa, 40%
+    with fer), MELD turns (mer and eri, half with fer), ECF turns (ecpe and mer), in turn."""
+    rng = random.Random(seed)
+    kinds = (lambda: {"msa", "fer"} if rng.random() < 0.4 else {"msa"},
+             lambda: {"mer", "eri", "fer"} if rng.random() < 0.5 else {"mer", "eri"},
+             lambda: {"ecpe", "mer"})
+    return [kinds[i % 3]() for i in range(n)]
+
+
 def corpus() -> list[str]:
     """Every phrase the demo can say (the tiny tokenizer trains on it)."""
     lines = [p for ps in CUES.values() for p in ps] + FLAT + [e for es in EVENTS.values() for e in es]
