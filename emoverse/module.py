@@ -129,7 +129,7 @@ class EmoVerseModule(pl.LightningModule):
             task_loss = (out["sample_loss"][rows] * tokens).sum() / tokens.sum().clamp(min=1)
             self.log(f"train/{task}/loss", task_loss, batch_size=int(rows.sum()))
         if batch["num_truncated"]:
-            self.log("data/truncated", float(batch["num_truncated"]), reduce_fx="sum", batch_size=n)
+            self.log("train/truncated", float(batch["num_truncated"]), reduce_fx="sum", batch_size=n)
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
