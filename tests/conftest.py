@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# No test may reach a model hub: any accidental hub id fails fast instead of downloading.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -75,3 +75,20 @@ def test_set_trainable_returns_newly_trainable() -> None:
     assert len(newly) == len(list(bb.vision.parameters()))
     with pytest.raises(ValueError, match="unknown trainable parts"):
         set_trainable(bb, ["decoder"])
+
+
+def test_composed_backbone_loads_an_llm_from_a_local_path(tmp_path) -> None:
+    """The real loading code (`from_pretrained` on a path) on a tiny LLM saved offline."""
+    from emoverse.backbones import ComposedBackbone
+
+    saved = create_backbone("tiny")
+    saved.llm.save_pretrained(tmp_path / "llm")
+    saved.processor.tokenizer.save_pretrained(tmp_path / "llm")
+    loaded = ComposedBackbone(vision="vit_tiny_patch16_224", llm=str(tmp_path / "llm"),
+                              vision_kwargs={"img_size": 64, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2})
+    a, b = saved.llm.state_dict(), loaded.llm.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.processor.tokenizer.chat_template == saved.processor.tokenizer.chat_template
+    assert loaded.processor.image_token_id == saved.processor.image_token_id
+    with pytest.raises(OSError):
+        ComposedBackbone(vision="vit_tiny_patch16_224", llm=str(tmp_path / "missing"))

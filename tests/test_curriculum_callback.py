@@ -109,6 +109,7 @@ def test_resume_continues_the_sequence(tmp_path):
 
 
 def test_wrong_max_epochs_is_an_error(tmp_path):
-    trainer = pl.Trainer(max_epochs=2, callbacks=[MultiStageCurriculum(STAGES)], logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[MultiStageCurriculum(STAGES)], logger=False, enable_progress_bar=False,
+                         accelerator="cpu", default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="max_epochs=2.*set max_epochs=3"):
         trainer.fit(ToyModule(), datamodule=ToyData())

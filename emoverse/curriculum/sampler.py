@@ -115,7 +115,7 @@ class TaskWeightedSampler(Sampler[tuple[int, str]]):
         """Move to epoch `epoch` (counted within the stage) of stage `index`."""
         if not 0 <= index < len(self.stages):
             raise ValueError(f"stage index={index}: expected 0 <= index < {len(self.stages)}")
-        if not 0 <= epoch:
+        if epoch < 0:
             raise ValueError(f"epoch={epoch}: expected an int >= 0")
         self.set_epoch(self._starts[index] + epoch)
         self._stage = index  # past-the-end epochs of an earlier stage stay in that stage
