@@ -1,4 +1,6 @@
-"""AMT dataset construction."""
-from emoverse.amt.facs import au_caption
+"""AMT dataset construction: FACS captions and FER peak frames (source readers come next)."""
 
-__all__ = ["au_caption"]
+from emoverse.amt.facs import au_caption
+from emoverse.amt.peak import PeakFrame, peak_frame
+
+__all__ = ["PeakFrame", "au_caption", "peak_frame"]
