@@ -8,11 +8,15 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
+from emoverse.prediction import JSONLPredictionWriter
+
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
     # TaskWeightedSampler gives each DDP rank its share itself
     "use_distributed_sampler": False,
+    # callbacks given here are always present: `emoverse predict` leaves {log_dir}/predictions.jsonl
+    "callbacks": [JSONLPredictionWriter()],
 }
 
 

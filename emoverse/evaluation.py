@@ -65,7 +65,7 @@ class Evaluator:
                                [r["target"] for r in mine])
         if self._file is not None:
             for r in rows:
-                row = {k: _jsonable(v) for k, v in r.items() if k != "record"}
+                row = {k: jsonable(v) for k, v in r.items() if k != "record"}
                 self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         return rows
 
@@ -90,9 +90,8 @@ class Evaluator:
     def open_predictions(self, path: str | None) -> None:
         """Start the test JSONL (default `{log_dir}/test_predictions.jsonl`; one file per rank under DDP)."""
         trainer = self.module.trainer
-        out = Path(path) if path is not None else Path(trainer.log_dir or ".") / "test_predictions.jsonl"
-        if trainer.world_size > 1:  # "preds.jsonl" -> "preds.rank1.jsonl", whatever the suffix
-            out = out.with_name(f"{out.stem}.rank{trainer.global_rank}{out.suffix}")
+        out = rank_path(Path(path) if path is not None else Path(trainer.log_dir or ".") / "test_predictions.jsonl",
+                        trainer)
         path = str(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed in close_predictions)
@@ -170,8 +169,13 @@ def _utterance(u: Utterance | Mapping[str, Any], k: int) -> Utterance:
                          "and optionally turn") from None
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Parsed answers as JSON data: dataclasses (e.g. `ECPEAnswer`) become dicts."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return value
+
+
+def rank_path(path: Path, trainer: Any) -> Path:
+    """`preds.jsonl` → `preds.rank1.jsonl` under DDP (whatever the suffix), else `path`."""
+    return path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}") if trainer.world_size > 1 else path

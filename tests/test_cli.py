@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,13 @@ def test_quickstart_fit_logs_and_checkpoints_trainable_weights_only(demo_amt: Pa
     restored = EmoVerseModule.load_from_checkpoint(ckpt_path, weights_only=True)
     state = restored.state_dict()
     assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())
+
+    main(["predict", "--config", str(QUICKSTART), "--data.init_args.path", str(demo_amt),
+          "--ckpt_path", str(ckpt_path), "--trainer.limit_predict_batches", "1",
+          "--trainer.logger.init_args.save_dir", str(tmp_path / "predict")])
+    out = next((tmp_path / "predict").glob("lightning_logs/version_*/predictions.jsonl"))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 32 and set(rows[0]) == {"id", "task", "prompt", "generation", "prediction"}
 
 
 def test_user_backbone_trains_with_only_the_backbone_entry_changed(

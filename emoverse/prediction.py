@@ -1,0 +1,42 @@
+"""`JSONLPredictionWriter`: `emoverse predict` writes its structured answers to a JSONL file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from emoverse.evaluation import jsonable, rank_path
+
+
+class JSONLPredictionWriter(BasePredictionWriter):
+    """Write `predict_step` rows `{id, task, prompt, generation, prediction}` as they come.
+
+    Always on in the `emoverse` CLI. Args:
+        path: output file; default `{log_dir}/predictions.jsonl` (one file per rank under DDP).
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        out = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "predictions.jsonl"
+        out = rank_path(out, trainer)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.written = out
+        self._file = out.open("w", encoding="utf-8")
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        for row in prediction:
+            self._file.write(json.dumps({k: jsonable(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
