@@ -51,8 +51,13 @@ def read_rows(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def score_predictions(path: str | Path) -> dict[str, dict[str, float]]:
+def score_predictions(path: str | Path, task_args: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
     """Score every task found in the predictions JSONL at `path`.
+
+    Args:
+        path: the JSONL.
+        task_args: constructor arguments per task, as the module's `task_args` (e.g.
+            `{"ecpe": {"compat": "emoverse-release"}}`), so offline scores match the run's.
 
     Returns:
         `{task: {metric: value}}`, tasks sorted; each task also reports `n` (its row count) and
@@ -60,7 +65,7 @@ def score_predictions(path: str | Path) -> dict[str, dict[str, float]]:
     """
     results: dict[str, dict[str, float]] = {}
     for name, rows in sorted(read_rows(path).items()):
-        task = get_task(name)
+        task = get_task(name, **(task_args or {}).get(name, {}))
         predictions = [task.parse_offline(row["generation"], row["target"]) for row in rows]
         metric = task.new_metric()
         try:
@@ -95,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="emoverse score", description="Score a predictions JSONL offline.")
     parser.add_argument("predictions", type=Path, help="JSONL with id, task, prompt, generation, target per line")
+    parser.add_argument("--task-args", type=json.loads, default=None, metavar="JSON",
+                        help='per-task constructor arguments, e.g. \'{"ecpe": {"compat": "emoverse-release"}}\'')
     args = parser.parse_args(argv)
     try:
-        results = score_predictions(args.predictions)
+        results = score_predictions(args.predictions, args.task_args)
     except (OSError, TypeError, ValueError) as err:
         print(f"emoverse score: {err}", file=sys.stderr)
         return 1

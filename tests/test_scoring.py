@@ -70,3 +70,23 @@ def test_malformed_rows_name_file_and_line(tmp_path, line, message):
 def test_cli_reports_errors_on_stderr(tmp_path, capsys):
     assert main([str(tmp_path / "missing.jsonl")]) == 1
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_task_args_reach_the_scorer(tmp_path) -> None:
+    """A false pair on an utterance without gold cause counts under SemEval, not under the release's rule."""
+    import json
+
+    from emoverse.scoring import main, score_predictions
+
+    target = {"dialogue_id": "d1", "turn": 3, "emotion": "joy", "pairs": []}
+    gold = {"dialogue_id": "d1", "turn": 4, "emotion": "joy", "pairs": [[4, 2, "joy"]]}
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "task": "ecpe", "generation": "3_joy,1", "target": target},
+        {"id": "b", "task": "ecpe", "generation": "4_joy,2", "target": gold},
+    ]))
+    semeval = score_predictions(path)["ecpe"]
+    release = score_predictions(path, {"ecpe": {"compat": "emoverse-release"}})["ecpe"]
+    assert semeval["precision"] == pytest.approx(0.5, abs=1e-6)
+    assert release["precision"] == pytest.approx(1.0, abs=1e-6)
+    assert main([str(path), "--task-args", '{"ecpe": {"compat": "emoverse-release"}}']) == 0
