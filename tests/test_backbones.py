@@ -92,3 +92,11 @@ def test_composed_backbone_loads_an_llm_from_a_local_path(tmp_path) -> None:
     assert loaded.processor.image_token_id == saved.processor.image_token_id
     with pytest.raises(OSError):
         ComposedBackbone(vision="vit_tiny_patch16_224", llm=str(tmp_path / "missing"))
+
+
+def test_projector_starts_at_the_text_embedding_scale() -> None:
+    """Visual tokens far larger than text embeddings drown the text (seen: 6x at PyTorch's default init)."""
+    bb = create_backbone("tiny")
+    visual = bb.encode_images(torch.randn(8, 3, 64, 64)).norm(dim=-1).mean()
+    text = bb.llm.get_input_embeddings().weight.norm(dim=-1).median()
+    assert 0.5 < float(visual / text) < 2.0

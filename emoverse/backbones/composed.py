@@ -32,8 +32,10 @@ def build_projector(kind: Literal["linear", "mlp"], in_dim: int, out_dim: int, o
         raise ValueError(f"projector={kind!r}; expected 'linear' or 'mlp'")
     if out_norm is not None:
         last = proj if isinstance(proj, nn.Linear) else proj[-1]
-        nn.init.normal_(last.weight, std=out_norm / (last.in_features * last.out_features) ** 0.5)
         nn.init.zeros_(last.bias)
+        with torch.no_grad():  # measure on a fixed unit-variance probe, then rescale the last layer
+            probe = torch.randn(256, in_dim, generator=torch.Generator().manual_seed(0))
+            last.weight.mul_(out_norm / proj(probe.to(last.weight.dtype)).norm(dim=-1).mean())
     return proj
 
 
