@@ -112,3 +112,16 @@ def test_frame_selection() -> None:
     rec.frames = []
     with pytest.raises(ValueError, match="record r0: no frames"):
         select_frames(rec, "video", 4)
+
+
+def test_duplicate_record_ids_are_errors(tmp_path: Path) -> None:
+    write_shards([_record(0), _record(1)], tmp_path / "a", "train")
+    write_shards([_record(0)], tmp_path / "a" / "extra", "train")
+    (tmp_path / "a" / "extra" / "train" / "amt-train-000000.tar").rename(tmp_path / "a" / "train" / "zz.tar")
+    with pytest.raises(ValueError, match=r"record id 'r0' appears twice: in .*amt-train-000000.tar and .*zz.tar"):
+        ShardIndex(tmp_path / "a", "train")
+    meta = json.dumps(_record(0, frames=0).metadata()).encode()
+    (tmp_path / "b" / "train").mkdir(parents=True)
+    _tar(tmp_path / "b" / "train" / "x.tar", {"r0.json": meta, "r0/../r0.json": meta})
+    with pytest.raises(ValueError, match="x.tar: record key 'r0' appears twice"):
+        ShardIndex(tmp_path / "b", "train")

@@ -75,8 +75,14 @@ class ShardIndex:
     def __init__(self, root: str | Path, split: str) -> None:
         self.paths = shard_paths(root, split)
         self.entries: list[_Entry] = []
+        first_seen: dict[str, Path] = {}
         for s, path in enumerate(self.paths):
-            self.entries.extend(_index_tar(path, s))
+            for entry in _index_tar(path, s):
+                rid = entry.meta.get("id")
+                if rid in first_seen:
+                    raise ValueError(f"record id {rid!r} appears twice: in {first_seen[rid]} and {path}")
+                first_seen[rid] = path
+                self.entries.append(entry)
         self._files: dict[int, Any] = {}
         self._pid = os.getpid()
 
@@ -113,8 +119,9 @@ def _index_tar(path: Path, shard: int) -> list[_Entry]:
                 continue
             key, _, ext = m.name.rpartition("/")[2].partition(".")
             if ext == "json":
-                meta = json.loads(tar.extractfile(m).read())
-                entries[key] = _Entry(shard, meta)
+                if key in entries:
+                    raise ValueError(f"{path}: record key {key!r} appears twice")
+                entries[key] = _Entry(shard, json.loads(tar.extractfile(m).read()))
             elif ext.startswith("f") and ext.endswith(".jpg") and ext[1:-4].isdigit():
                 frames.setdefault(key, {})[int(ext[1:-4])] = (m.offset_data, m.size)
             else:
