@@ -10,21 +10,22 @@ from lightning.pytorch.cli import LightningCLI
 
 from emoverse.prediction import JSONLPredictionWriter
 
-TRAINER_DEFAULTS = {
-    "default_root_dir": "runs",
-    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
-    # TaskWeightedSampler gives each DDP rank its share itself
-    "use_distributed_sampler": False,
-    # callbacks given here are always present: `emoverse predict` leaves {log_dir}/predictions.jsonl
-    "callbacks": [JSONLPredictionWriter()],
-}
 
+def cli_kwargs() -> dict[str, Any]:
+    """How `emoverse` builds its LightningCLI (tests parse the example configs with the same settings).
 
-CLI_KWARGS: dict[str, Any] = {
-    "trainer_defaults": TRAINER_DEFAULTS, "subclass_mode_model": True, "subclass_mode_data": True,
-    "auto_configure_optimizers": False,
-}
-"""How `emoverse` builds its LightningCLI (tests parse the example configs with the same settings)."""
+    A function, so every CLI run gets its own callback instances.
+    """
+    trainer_defaults = {
+        "default_root_dir": "runs",
+        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+        # TaskWeightedSampler gives each DDP rank its share itself
+        "use_distributed_sampler": False,
+        # callbacks given here are always present: `emoverse predict` leaves {log_dir}/predictions.jsonl
+        "callbacks": [JSONLPredictionWriter()],
+    }
+    return {"trainer_defaults": trainer_defaults, "subclass_mode_model": True, "subclass_mode_data": True,
+            "auto_configure_optimizers": False}
 
 TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments"}
 """Subcommands that are plain tools, not Trainer runs: name -> module with `main(argv) -> int`."""
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from emoverse.data.datamodule import AMTDataModule
     from emoverse.module import EmoVerseModule
 
-    EmoVerseCLI(EmoVerseModule, AMTDataModule, args=argv, save_config_kwargs={"overwrite": True}, **CLI_KWARGS)
+    EmoVerseCLI(EmoVerseModule, AMTDataModule, args=argv, save_config_kwargs={"overwrite": True}, **cli_kwargs())
     return 0
 
 

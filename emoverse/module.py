@@ -15,7 +15,7 @@ from transformers import get_cosine_schedule_with_warmup
 from emoverse.backbones import Backbone, create_backbone
 from emoverse.data.record import Utterance
 from emoverse.evaluation import SPLITS, Evaluator
-from emoverse.lora import TRAIN_PARTS, add_lora, set_trainable
+from emoverse.lora import add_lora, set_trainable
 from emoverse.tasks import get_task, list_tasks
 from emoverse.tasks.base import Task
 
@@ -68,9 +68,6 @@ class EmoVerseModule(pl.LightningModule):
         unknown = [t for t in tasks if t not in list_tasks()]
         if unknown or not tasks:
             raise ValueError(f"tasks={tasks}: unknown {unknown}; expected a non-empty list from {list_tasks()}")
-        bad_parts = set(trainable) - set(TRAIN_PARTS)
-        if bad_parts:
-            raise ValueError(f"trainable={trainable}: unknown {sorted(bad_parts)}; expected some of {TRAIN_PARTS}")
         self.backbone = create_backbone(backbone, **(backbone_args or {})) if isinstance(backbone, str) else backbone
         add_lora(self.backbone, lora_r, lora_alpha, lora_dropout, gradient_checkpointing)
         self._ever_trained: set[str] = set()
@@ -99,7 +96,8 @@ class EmoVerseModule(pl.LightningModule):
         return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Response-token cross-entropy: `loss` over the batch and `sample_loss` per example."""
+        """Response-token cross-entropy: `loss` (mean over the batch's response tokens), and per example
+        the summed token loss `sample_loss_sum` over its `sample_tokens` response tokens."""
         labels = batch["labels"]
         inputs = self.embed(batch["input_ids"], batch["pixel_values"])
         targets = labels[:, 1:]
@@ -109,7 +107,7 @@ class EmoVerseModule(pl.LightningModule):
         token_loss = nn.functional.cross_entropy(out.logits.float().transpose(1, 2), targets, reduction="none")
         counts = (targets != -100).sum(1)
         return {"loss": token_loss.sum() / counts.sum().clamp(min=1),
-                "sample_loss": token_loss.sum(1) / counts.clamp(min=1), "sample_tokens": counts}
+                "sample_loss_sum": token_loss.sum(1), "sample_tokens": counts}
 
     def set_trainable(self, parts: Collection[str]) -> list[nn.Parameter]:
         """Train exactly `parts` ("projector", "lora", "vision"); returns newly trainable parameters."""
@@ -125,8 +123,7 @@ class EmoVerseModule(pl.LightningModule):
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
         for task in sorted(set(batch["tasks"])):
             rows = torch.tensor([t == task for t in batch["tasks"]], device=out["sample_tokens"].device)
-            tokens = out["sample_tokens"][rows]
-            task_loss = (out["sample_loss"][rows] * tokens).sum() / tokens.sum().clamp(min=1)
+            task_loss = out["sample_loss_sum"][rows].sum() / out["sample_tokens"][rows].sum().clamp(min=1)
             self.log(f"train/{task}/loss", task_loss, batch_size=int(rows.sum()))
         if batch["num_truncated"]:
             self.log("train/truncated", float(batch["num_truncated"]), reduce_fx="sum", batch_size=n)

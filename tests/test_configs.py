@@ -15,7 +15,7 @@ import pytest
 from jsonargparse import ArgumentError, Namespace
 
 from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage
-from emoverse.cli import CLI_KWARGS, EmoVerseCLI
+from emoverse.cli import EmoVerseCLI, cli_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "examples" / "configs").rglob("*.yaml"))
@@ -32,7 +32,7 @@ class ParseOnlyCLI(EmoVerseCLI):
 def parse(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Namespace:
     monkeypatch.setattr(sys, "argv", ["emoverse"])  # LightningCLI warns when argv and args both hold arguments
     cli = ParseOnlyCLI(EmoVerseModule, AMTDataModule, args=args, run=False,
-                       parser_kwargs={"exit_on_error": False}, **CLI_KWARGS)
+                       parser_kwargs={"exit_on_error": False}, **cli_kwargs())
     return cli.config
 
 
