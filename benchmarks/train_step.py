@@ -7,7 +7,7 @@ overhead around the same forward/backward. A fourth figure runs the Trainer with
 `labels=` loss (logits over the whole sequence, the usual LLaVA-style path), against emoverse's
 loss that computes logits only at response positions.
 
-    python benchmarks/train_step.py [--steps 30] [--warmup 5] [--batch-size 8]
+    python benchmarks/train_step.py [--steps 30] [--warmup 5] [--batch-size 8] [--repeats 4]
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2, help="alternate the runs this many times")
+    parser.add_argument("--repeats", type=int, default=4, help="alternate the runs this many times")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     batches = demo_batches(args.steps, args.batch_size)
@@ -147,9 +147,11 @@ def main() -> None:
             "hf_trainer_peft": lambda: hf_trainer(batches, hf_loss=False),
             "hf_trainer_peft_full_logits": lambda: hf_trainer(batches, hf_loss=True)}
     samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):  # interleave, so drifting machine load hits every run alike
-        for name, run in runs.items():
-            samples[name] += run()[args.warmup:]
+    order = list(runs)
+    for _ in range(args.repeats):  # interleave, reversing the order each time, so load drift and
+        for name in order:          # position effects hit every run alike
+            samples[name] += runs[name]()[args.warmup:]
+        order.reverse()
     med = {name: statistics.median(v) * 1000 for name, v in samples.items()}
     for name, ms in med.items():
         print(f"{name:30s} median step {ms:8.2f} ms")
