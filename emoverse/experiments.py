@@ -3,7 +3,8 @@
 A run directory is anything below which `emoverse test` wrote a CSVLogger `metrics.csv` with
 `test/{task}/{metric}` columns (e.g. `runs/ablations/table3_mer/test/metrics.csv`, as
 `examples/run_ablations.sh` lays them out). Every run becomes one row; the CSV holds every test
-metric, the Markdown table the paper's headline columns (or every metric with `--all`).
+metric, the Markdown table the paper's headline columns (or every metric with `--all`), and
+results.html draws the headline columns as charts beside the paper's rows (`emoverse.report.collect`).
 """
 
 from __future__ import annotations
@@ -118,14 +119,15 @@ def _format(column: str, value: str | float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`emoverse collect RUN_DIR... [--out DIR] [--all]`: print the table and write results.md/.csv.
+    """`emoverse collect RUN_DIR... [--out DIR] [--all]`: print the table and write results.md, .csv and .html.
 
     Returns:
         0 on success, 1 when a run directory is missing or holds no test metrics (reason on stderr).
     """
     parser = argparse.ArgumentParser(prog="emoverse collect", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (each with a test metrics.csv below it)")
-    parser.add_argument("--out", type=Path, default=Path("."), help="where results.md and results.csv go (default: .)")
+    parser.add_argument("--out", type=Path, default=Path("."),
+                        help="where results.md, results.csv and results.html go (default: .)")
     parser.add_argument("--all", action="store_true", help="every test metric in results.md, not just the paper's")
     args = parser.parse_args(argv)
     try:
@@ -135,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     md_path, csv_path = write_results(rows, args.out, args.all)
     print(md_path.read_text(encoding="utf-8"), end="")
-    print(f"wrote {md_path} and {csv_path}", file=sys.stderr)
+    from emoverse.report.collect import write_collect_report  # matplotlib only when the page is written
+
+    page = write_collect_report(rows, args.out)
+    print(f"wrote {md_path}, {csv_path} and {page}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,120 @@
+"""`RunReport`: records the tasks each curriculum stage drew and writes the run's report.html after fit and test."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from emoverse.curriculum.callback import MultiStageCurriculum
+from emoverse.curriculum.stage import known_task_names
+from emoverse.report.page import write_report
+from emoverse.report.run import DRAWS_FILE
+
+
+class RunReport(Callback):
+    """Writes `{log_dir}/report.html` at the end of `fit` and `test`, and `{log_dir}/curriculum.json` during fit.
+
+    curriculum.json holds the planned stages (from the trainer's `MultiStageCurriculum`, if any)
+    and, per epoch, the stage, the global step it began at and the samples of each task the
+    training steps received (counted from the batches' `tasks`, summed over ranks). It is
+    rewritten at every epoch's end, so a stopped run keeps what it drew; the counts are part of
+    the callback's checkpoint state, so a resumed run continues them.
+
+    A report that fails to render is a warning, never a failed run. Only rank 0 writes.
+
+    Args:
+        out_dir: where the page goes; None = the trainer's `log_dir` (the run folder).
+        on_fit: write the report when `fit` ends.
+        on_test: write the report when `test` ends.
+    """
+
+    def __init__(self, out_dir: str | None = None, on_fit: bool = True, on_test: bool = True) -> None:
+        self.out_dir = out_dir
+        self.on_fit = on_fit
+        self.on_test = on_test
+        self._epochs: list[dict[str, Any]] = []  # finished epochs: {epoch, stage, first_step, drawn}
+        self._current: Counter[str] = Counter()  # this rank's draws in the running epoch
+        self._first_step: int | None = None
+
+    # counting -----------------------------------------------------------------------------------
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._first_step = trainer.global_step if self._first_step is None else self._first_step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._first_step is None:  # resumed mid-epoch: on_train_epoch_start was skipped
+            self._first_step = trainer.global_step
+        tasks = batch.get("tasks") if isinstance(batch, dict) else None
+        if isinstance(tasks, (list, tuple)):
+            self._current.update(str(t) for t in tasks)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        names = sorted(set(known_task_names()) | set(self._current))
+        local = torch.tensor([self._current[n] for n in names], dtype=torch.float64, device=pl_module.device)
+        total = trainer.strategy.reduce(local, reduce_op="sum") if trainer.world_size > 1 else local
+        curriculum = _curriculum(trainer)
+        self._epochs = [e for e in self._epochs if e["epoch"] != trainer.current_epoch]
+        self._epochs.append({
+            "epoch": trainer.current_epoch,
+            "stage": curriculum.stage_of(trainer.current_epoch) if curriculum else 0,
+            "first_step": self._first_step if self._first_step is not None else trainer.global_step,
+            "drawn": {n: int(v) for n, v in zip(names, total.tolist()) if v},
+        })
+        self._current.clear()
+        self._first_step = None
+        if trainer.is_global_zero:
+            self._write_draws(trainer)
+
+    def _write_draws(self, trainer: Trainer) -> None:
+        curriculum = _curriculum(trainer)
+        stages = ([{"name": s.name, "ratios": s.ratios, "epochs": s.epochs, "budget": s.budget}
+                   for s in curriculum.stages] if curriculum else [])
+        path = self._out(trainer) / DRAWS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"stages": stages, "epochs": self._epochs}, indent=1) + "\n", encoding="utf-8")
+
+    # reports ------------------------------------------------------------------------------------
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.on_fit:
+            self._report(trainer)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.on_test:
+            self._report(trainer)
+
+    def _report(self, trainer: Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        out = self._out(trainer)
+        try:
+            path = write_report(Path(trainer.log_dir or out), out)
+        except Exception as err:  # the run's results matter more than its page
+            rank_zero_warn(f"RunReport: no report for {out}: {type(err).__name__}: {err}")
+            return
+        print(f"RunReport: wrote {path}")
+
+    def _out(self, trainer: Trainer) -> Path:
+        return Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
+
+    # checkpointing ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self._epochs, "current": dict(self._current), "first_step": self._first_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._epochs = list(state_dict.get("epochs", []))
+        self._current = Counter(state_dict.get("current", {}))
+        self._first_step = state_dict.get("first_step")
+
+
+def _curriculum(trainer: Trainer) -> MultiStageCurriculum | None:
+    found = [c for c in trainer.callbacks if isinstance(c, MultiStageCurriculum)]
+    return found[0] if found else None
