@@ -27,7 +27,7 @@ def cli_kwargs() -> dict[str, Any]:
     return {"trainer_defaults": trainer_defaults, "subclass_mode_model": True, "subclass_mode_data": True,
             "auto_configure_optimizers": False}
 
-TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments"}
+TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments", "report": "emoverse.report.cli"}
 """Subcommands that are plain tools, not Trainer runs: name -> module with `main(argv) -> int`."""
 
 
