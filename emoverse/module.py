@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import lightning.pytorch as pl
 import torch
@@ -12,14 +14,17 @@ from PIL import Image
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-from emoverse.backbones import Backbone, create_backbone
+from emoverse import evaluation
+from emoverse.backbones import Backbone, BackboneProcessor, create_backbone
 from emoverse.data.record import Utterance
-from emoverse.evaluation import SPLITS, Evaluator
-from emoverse.lora import add_lora, set_trainable
+from emoverse.evaluation import SPLITS
 from emoverse.tasks import get_task, list_tasks
 from emoverse.tasks.base import Task
 
 DEFAULT_TASKS = ["msa", "mer", "fer", "eri", "ecpe"]
+TRAINED_KEY = "emoverse_trained"
+"""Checkpoint entry: every weight that has trained so far (a stage may have trained the vision encoder)."""
+_PYTHON_BUILT = "python-object:"
 
 
 class EmoVerseModule(pl.LightningModule):
@@ -50,6 +55,7 @@ class EmoVerseModule(pl.LightningModule):
         lora_r: int = 8,
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
+        lora_targets: list[str] | None = None,
         trainable: list[str] = ["projector", "lora"],  # noqa: B006  (jsonargparse shows the default)
         lr: float = 1e-5,
         warmup_ratio: float = 0.03,
@@ -58,60 +64,40 @@ class EmoVerseModule(pl.LightningModule):
         predictions_path: str | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(backbone, str) and backbone.startswith(_PYTHON_BUILT):
+            raise ValueError(f"this module was built with a {backbone[len(_PYTHON_BUILT):]} object, which a checkpoint "
+                             "cannot rebuild: pass backbone=<the same backbone> to load_from_checkpoint")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
         if isinstance(self.hparams.get("backbone"), nn.Module):
-            # a Backbone passed as an object (not by LightningCLI's class_path config, which is kept)
-            # cannot be stored as a hyper-parameter: rebuild with load_from_checkpoint(backbone=...)
-            self.remove_ignored_hparams(["backbone"])
+            # a Backbone passed as an object (LightningCLI's class_path config is kept as it is)
+            self.hparams["backbone"] = _PYTHON_BUILT + type(backbone).__qualname__
         unknown = [t for t in tasks if t not in list_tasks()]
         if unknown or not tasks:
             raise ValueError(f"tasks={tasks}: unknown {unknown}; expected a non-empty list from {list_tasks()}")
         self.backbone = create_backbone(backbone, **(backbone_args or {})) if isinstance(backbone, str) else backbone
-        add_lora(self.backbone, lora_r, lora_alpha, lora_dropout, gradient_checkpointing)
+        self.backbone.add_lora(lora_r, lora_alpha, lora_dropout, lora_targets, gradient_checkpointing)
         self._ever_trained: set[str] = set()
         self.set_trainable(trainable)
         self.tasks: dict[str, Task] = {t: get_task(t, **(task_args or {}).get(t, {})) for t in tasks}
         self.metrics = nn.ModuleDict({f"{split}_{t}": task.new_metric() for split in SPLITS
                                       for t, task in self.tasks.items()})
-        self.evaluator = Evaluator(self)
-        self.strict_loading = False  # checkpoints hold only the trainable weights
+        self._predictions: IO[str] | None = None
+        self.predictions_file: str | None = None
 
-    # model -----------------------------------------------------------------------------------
-
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with the projected visual tokens scattered into the image placeholders."""
-        embeds = self.backbone.llm.get_input_embeddings()(input_ids)
-        slots = input_ids == self.backbone.processor.image_token_id
-        n_slots = int(slots.sum())
-        if pixel_values is None:
-            if n_slots:
-                raise ValueError(f"batch has {n_slots} image placeholder tokens but no pixel_values")
-            return embeds
-        visual = self.backbone.encode_images(pixel_values)
-        if visual.shape[0] * visual.shape[1] != n_slots:
-            raise ValueError(f"{visual.shape[0]} frames x {visual.shape[1]} visual tokens do not fill the batch's "
-                             f"{n_slots} image placeholders")
-        return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
+    @property
+    def processor(self) -> BackboneProcessor:
+        """The backbone's processor (the datamodule's collator uses it)."""
+        return self.backbone.processor
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Response-token cross-entropy: `loss` (mean over the batch's response tokens), and per example
-        the summed token loss `sample_loss_sum` over its `sample_tokens` response tokens."""
-        labels = batch["labels"]
-        inputs = self.embed(batch["input_ids"], batch["pixel_values"])
-        targets = labels[:, 1:]
-        keep = (targets != -100).any(0).nonzero().squeeze(1)  # logits only where some row has a response token
-        out = self.backbone.llm(inputs_embeds=inputs, attention_mask=batch["attention_mask"], logits_to_keep=keep)
-        targets = targets[:, keep]
-        token_loss = nn.functional.cross_entropy(out.logits.float().transpose(1, 2), targets, reduction="none")
-        counts = (targets != -100).sum(1)
-        return {"loss": token_loss.sum() / counts.sum().clamp(min=1),
-                "sample_loss_sum": token_loss.sum(1), "sample_tokens": counts}
+        """Response-token cross-entropy (`Backbone.loss`): `loss`, `sample_loss_sum`, `sample_tokens`."""
+        return self.backbone.loss(batch)
 
     def set_trainable(self, parts: Collection[str]) -> list[nn.Parameter]:
         """Train exactly `parts` ("projector", "lora", "vision"); returns newly trainable parameters."""
-        newly = set_trainable(self.backbone, parts)
+        newly = self.backbone.set_trainable(list(parts))
         self._ever_trained |= {n for n, p in self.named_parameters() if p.requires_grad}
         return newly
 
@@ -129,24 +115,52 @@ class EmoVerseModule(pl.LightningModule):
             self.log("train/truncated", float(batch["num_truncated"]), reduce_fx="sum", batch_size=n)
         return out["loss"]
 
+    def _evaluate(self, batch: dict[str, Any], split: str) -> list[dict[str, Any]]:
+        rows = evaluation.answer(self.backbone, batch, self.tasks)
+        evaluation.score(rows, self.tasks, {t: self.metrics[f"{split}_{t}"] for t in self.tasks})
+        return rows
+
+    def _log_metrics(self, split: str) -> None:
+        """Log `{split}/{task}/{metric}` for every task that was evaluated, then reset the metrics."""
+        for name in self.tasks:
+            metric = self.metrics[f"{split}_{name}"]
+            # compute() syncs across ranks, so every rank must call it when any rank saw the task
+            seen = self.trainer.strategy.reduce(torch.tensor(float(metric.update_called), device=self.device),
+                                                reduce_op="sum")
+            if not seen:
+                continue
+            for key, value in metric.compute().items():
+                self.log(f"{split}/{name}/{key}", value.float())
+            metric.reset()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.evaluator.step(batch, "val")
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.evaluator.log_epoch("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.evaluator.step(batch, "test")
+        self._log_metrics("val")
 
     def on_test_epoch_start(self) -> None:
-        self.evaluator.open_predictions(self.hparams.predictions_path)
+        """Open the test JSONL (default `{log_dir}/test_predictions.jsonl`; one file per rank under DDP)."""
+        path = self.hparams.predictions_path
+        out = evaluation.rank_path(Path(path) if path else Path(self.trainer.log_dir or ".") / "test_predictions.jsonl",
+                                   self.trainer)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self._predictions = open(out, "w", encoding="utf-8")  # noqa: SIM115  (closed at the epoch end)
+        self.predictions_file = str(out)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        for row in self._evaluate(batch, "test"):
+            self._predictions.write(json.dumps(evaluation.prediction_row(row), ensure_ascii=False) + "\n")
 
     def on_test_epoch_end(self) -> None:
-        self.evaluator.log_epoch("test")
-        self.evaluator.close_predictions()
+        self._log_metrics("test")
+        if self._predictions is not None:
+            self._predictions.close()
+            self._predictions = None
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        return self.evaluator.predict(batch)
+        """Rows `{id, task, prompt, generation, prediction}` as JSON data (no labels needed, no metrics)."""
+        return [evaluation.prediction_row(r) for r in evaluation.answer(self.backbone, batch, self.tasks)]
 
     @torch.no_grad()
     def analyze(self, frames: Sequence[Image.Image], text: str, tasks: Collection[str] | None = None, *,
@@ -173,8 +187,9 @@ class EmoVerseModule(pl.LightningModule):
             num_frames: frames sampled uniformly for video tasks (use the datamodule's `num_frames`).
             peak_frame: index of the most expressive frame, shown to fer (default: the middle one).
         """
-        return self.evaluator.analyze(frames, text, list(tasks or self.tasks), speaker=speaker, context=context,
-                                      turn=turn, emotion=emotion, num_frames=num_frames, peak_frame=peak_frame)
+        return evaluation.analyze(self.backbone, self.tasks, frames, text, list(tasks or self.tasks), speaker=speaker,
+                                  context=context, turn=turn, emotion=emotion, num_frames=num_frames,
+                                  peak_frame=peak_frame)
 
     # optimisation and checkpoints ------------------------------------------------------------
 
@@ -192,6 +207,29 @@ class EmoVerseModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict(checkpoint["state_dict"])
+        checkpoint[TRAINED_KEY] = sorted(self._ever_trained)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check a trainable-only checkpoint against this model and complete it with the frozen weights.
+
+        Raises:
+            ValueError: a weight the checkpoint trained is missing, or it holds weights this backbone
+                does not have (a checkpoint of another backbone).
+        """
+        state = checkpoint["state_dict"]
+        own = self.state_dict()
+        trained = set(checkpoint.get(TRAINED_KEY, state))
+        foreign = sorted(set(state) - set(own))
+        if foreign:
+            raise ValueError(f"checkpoint holds {len(foreign)} weights this backbone does not have (e.g. {foreign[:3]}); "
+                             "it was made with another backbone or LoRA setting")
+        missing = sorted(trained - set(state))
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trained weights (e.g. {missing[:3]}); "
+                             "it is truncated or was written by another version")
+        for key, value in own.items():
+            state.setdefault(key, value)
+        self._ever_trained |= trained
 
 
 def _schedule_steps(trainer: pl.Trainer) -> int:

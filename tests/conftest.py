@@ -33,7 +33,7 @@ def tiny_module() -> EmoVerseModule:
 
 @pytest.fixture
 def demo_data(demo_amt: Path, tiny_module: EmoVerseModule) -> AMTDataModule:
-    dm = AMTDataModule(str(demo_amt), batch_size=4, eval_batch_size=4)
-    dm.configure(tiny_module.backbone.processor, tiny_module.tasks)
+    dm = AMTDataModule(str(demo_amt), batch_size=4, eval_batch_size=4, processor=tiny_module.processor,
+                       tasks=tiny_module.tasks)
     dm.setup("fit")
     return dm

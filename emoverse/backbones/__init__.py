@@ -1,8 +1,10 @@
 """Backbones: the `Backbone` contract, the registry and the registered presets."""
 
-from emoverse.backbones import presets, tiny  # noqa: F401  (registers the presets)
-from emoverse.backbones.base import Backbone, Processor
+from emoverse.backbones import presets, tiny, tiny_hf  # noqa: F401  (registers the presets)
+from emoverse.backbones.base import Backbone, BackboneProcessor
 from emoverse.backbones.composed import ComposedBackbone
+from emoverse.backbones.hf_vlm import HFVisionLanguageBackbone
 from emoverse.backbones.registry import create_backbone, list_backbones, register_backbone
 
-__all__ = ["Backbone", "ComposedBackbone", "Processor", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["Backbone", "BackboneProcessor", "ComposedBackbone", "HFVisionLanguageBackbone", "create_backbone",
+           "list_backbones", "register_backbone"]

@@ -1,107 +1,291 @@
-"""`Backbone`: the contract every MLLM backbone (vision encoder → projector → LLM) fulfils."""
+"""`Backbone`: the contract every multimodal LLM fulfils, and `BackboneProcessor`, its data half.
+
+A backbone owns its multimodal inputs. Its processor turns examples (a task query, the frames it
+shows, the response to learn) into model inputs with the model's own chat template and image
+handling (image wrappers, variable visual token counts, extra tensors such as Qwen2-VL's
+`image_grid_thw`); the backbone runs `forward` on them (logits at the response positions only)
+and `generate`. It names its parts (vision encoder, projector, language model) by module path,
+so trainability and LoRA targets are decided by path, never by a bare layer name that also
+exists in the vision tower.
+"""
 
 from __future__ import annotations
 
+import functools
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
 
-Part = Literal["vision", "projector", "llm"]
-_CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr")
+Part = Literal["vision", "projector", "language_model"]
+TrainPart = Literal["projector", "lora", "vision"]
+TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision")
+IGNORE_INDEX = -100
+_SENTINEL = "\x00EMOVERSE\x00"
 
 
-@dataclass
-class Processor:
-    """The light, picklable half of a backbone that data workers need: text and image preprocessing.
+class BackboneProcessor(ABC):
+    """The light, picklable half of a backbone that data workers use: examples → model inputs.
+
+    Subclasses implement two hooks, `render` (messages → prompt text through the chat template)
+    and `encode` (prompt texts + frames → left-padded model inputs); this base class adds the
+    response, masks the labels to it, pads, and measures prompts.
+
+    An example is a dict `{id, task, query, response, images, record}` (`images`: PIL frames).
 
     Attributes:
-        tokenizer: a transformers tokenizer with a chat template.
-        image_token: the placeholder string; the collator expands it to `tokens_per_image` ids per frame.
-        tokens_per_image: visual tokens `encode_images` returns per frame.
-        image_size: square input side of the vision encoder.
-        mean, std: normalisation of the vision encoder.
-        max_length: the LLM's context length (prompts beyond it are truncated, counted).
+        tokenizer: the model's tokenizer.
+        max_length: the context length; longer prompts must be shortened before batching.
     """
 
-    tokenizer: object
-    image_token: str
-    tokens_per_image: int
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    tokenizer: Any
     max_length: int
 
-    def __post_init__(self) -> None:
-        self._transform = v2.Compose([
-            v2.ToImage(),
-            v2.Resize((self.image_size, self.image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(self.mean, self.std),
-        ])
+    @abstractmethod
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        """Chat-template `messages` (content: a list of `{"type": "image"}` / `{"type": "text", ...}`)."""
+
+    @abstractmethod
+    def encode(self, texts: list[str], images: list[list[Image.Image]]) -> dict[str, torch.Tensor]:
+        """Tokenise rendered prompts and preprocess their frames, left-padded: `input_ids`,
+        `attention_mask` and whatever vision tensors the model takes."""
+
+    # shared ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def messages(query: str, n_images: int, system_prompt: str | None = None,
+                 response: str | None = None) -> list[dict[str, Any]]:
+        """The conversation of one example: the frames first, then the query (the paper's [T_v; T_t])."""
+        out: list[dict[str, Any]] = []
+        if system_prompt:
+            out.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+        out.append({"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": query}]})
+        if response is not None:
+            out.append({"role": "assistant", "content": [{"type": "text", "text": response}]})
+        return out
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    @functools.cached_property
+    def end_ids(self) -> list[int]:
+        """What the chat template writes after an assistant message (the end-of-turn marker, ...)."""
+        full = self.render(self.messages("q", 0, response=_SENTINEL), add_generation_prompt=False)
+        end = full.rpartition(_SENTINEL)[2]
+        if _SENTINEL not in full:
+            raise ValueError("the chat template must render the assistant message's content")
+        return self.tokenize(end)
 
     @property
-    def image_token_id(self) -> int:
-        return self.tokenizer.convert_tokens_to_ids(self.image_token)
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a generated answer."""
+        return sorted({self.tokenizer.eos_token_id, *self.end_ids[:1]} - {None})
 
-    def pixel_values(self, images: Sequence[Image.Image], where: str = "") -> torch.Tensor:
-        """Resize and normalise frames to `[N, 3, S, S]`.
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
 
-        Any size is resized. Modes PIL converts losslessly to RGB (RGBA, L, P, CMYK, ...) are
-        converted; others (16-bit, float) are rejected, naming `where` (the record).
+    def prompt_length(self, query: str, images: Sequence[Image.Image], system_prompt: str | None = None) -> int:
+        """Tokens of the prompt with `images` expanded to their visual tokens (without the response)."""
+        text = self.render(self.messages(query, len(images), system_prompt), add_generation_prompt=True)
+        return len(self.tokenize(text)) + sum(self._image_extra(img.size) for img in images)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019  (processors live as long as their backbone)
+    def _image_extra(self, size: tuple[int, int]) -> int:
+        """How many tokens one image of `size` adds beyond its placeholder text."""
+        text = self.render(self.messages("", 1), add_generation_prompt=True)
+        expanded = self.encode([text], [[Image.new("RGB", size)]])["attention_mask"].sum()
+        return int(expanded) - len(self.tokenize(text))
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]], mode: Literal["train", "generate"] = "train",
+                 system_prompt: str | None = None) -> dict[str, Any]:
+        """Batch `examples`: `inputs` (model inputs), `labels` (train: the response tokens and the
+        end-of-turn marker, -100 elsewhere) and per-example `tasks`, `ids`, `queries`, `responses`,
+        `records`, plus `num_truncated` (examples whose context was shortened to fit)."""
+        if mode not in ("train", "generate"):
+            raise ValueError(f"mode={mode!r}; expected 'train' or 'generate'")
+        texts, images = [], []
+        for ex in examples:
+            imgs = list(ex.get("images") or [])
+            texts.append(self.render(self.messages(ex["query"], len(imgs), system_prompt), add_generation_prompt=True))
+            images.append(imgs)
+        inputs = self.encode(texts, images)
+        if mode == "train":
+            inputs, labels = self._append_responses(inputs, [self.tokenize(ex["response"]) + self.end_ids
+                                                             for ex in examples])
+        else:
+            labels = None
+        width = inputs["input_ids"].shape[1]
+        if width > self.max_length:
+            lengths = inputs["attention_mask"].sum(1).tolist()
+            worst = max(range(len(lengths)), key=lengths.__getitem__)
+            ex = examples[worst]
+            raise ValueError(f"record {ex['id']} ({ex['task']}): {lengths[worst]} tokens exceed the context of "
+                             f"{self.max_length}; shorten its query (make_example drops the oldest context turns)")
+        return {
+            "inputs": inputs,
+            "labels": labels,
+            "tasks": [ex["task"] for ex in examples],
+            "ids": [ex["id"] for ex in examples],
+            "queries": [ex["query"] for ex in examples],
+            "responses": [ex["response"] for ex in examples],
+            "records": [ex.get("record") for ex in examples],
+            "num_truncated": sum(bool(ex.get("truncated")) for ex in examples),
+        }
+
+    def _append_responses(self, inputs: dict[str, torch.Tensor], responses: list[list[int]]
+                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Left-padded prompts + responses → right-padded rows `[prompt; response]` and their labels.
+
+        Every other per-token tensor the processor returned (e.g. `mm_token_type_ids`) follows the
+        same layout, with zeros on the response tokens (plain text).
         """
-        out = []
-        for k, img in enumerate(images):
-            if not isinstance(img, Image.Image):
-                raise TypeError(f"{where} frame {k}: expected a PIL image, got {type(img).__name__}")
-            if img.mode != "RGB":
-                if img.mode not in _CONVERTIBLE_MODES:
-                    raise ValueError(f"{where} frame {k}: image mode {img.mode!r} cannot become RGB; "
-                                     f"expected one of {_CONVERTIBLE_MODES}")
-                img = img.convert("RGB")
-            out.append(self._transform(img))
-        return torch.stack(out)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+        per_token = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape == ids.shape}
+        lengths = [int(m.sum()) + len(r) for m, r in zip(mask, responses, strict=True)]
+        width = max(lengths)
+        out = {k: torch.zeros((len(ids), width), dtype=v.dtype) for k, v in per_token.items()}
+        out["input_ids"].fill_(self.pad_id)
+        labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
+        for b, resp in enumerate(responses):
+            n = int(mask[b].sum())
+            for k, v in per_token.items():
+                out[k][b, :n] = v[b][mask[b]]
+            out["input_ids"][b, n:n + len(resp)] = torch.tensor(resp, dtype=ids.dtype)
+            out["attention_mask"][b, :n + len(resp)] = 1
+            labels[b, n:n + len(resp)] = torch.tensor(resp)
+        return {**inputs, **out}, labels
 
 
 class Backbone(nn.Module, ABC):
-    """A multimodal LLM: `vision` encoder → `projector` → `llm`, plus its `processor`.
+    """A multimodal LLM: vision encoder → projector → language model, plus its `processor`.
 
-    Subclasses set the three parts and the processor in `__init__` and implement
-    `encode_images` and `lora_target_modules`. The vision encoder is frozen by default,
-    the projector trains and the LLM trains through LoRA adapters (added by EmoVerseModule).
+    Subclasses set `model` (the whole network; LoRA wraps it) and `processor` in `__init__`, and
+    implement `part_paths`, `logits` and `generate_ids`. The vision encoder starts frozen, the
+    projector trains and the language model trains through LoRA adapters (`add_lora`).
 
     Attributes:
-        vision: the vision encoder (frozen unless a curriculum stage trains it).
-        projector: maps vision features to the LLM's embedding width (trained).
-        llm: a transformers causal LM.
-        processor: tokenizer and image preprocessing, handed to data workers.
+        model: the network, a `peft.PeftModel` after `add_lora`.
+        processor: turns examples into this model's inputs (handed to data workers).
     """
 
-    vision: nn.Module
-    projector: nn.Module
-    llm: nn.Module
-    processor: Processor
+    model: nn.Module
+    processor: BackboneProcessor
 
     @abstractmethod
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Map `[N, 3, S, S]` frames to `[N, tokens_per_image, llm_hidden]` visual tokens."""
+    def part_paths(self) -> dict[Part, str]:
+        """Module paths, inside the unwrapped `model`, of "vision", "projector" and "language_model"
+        (the decoder stack without the output head)."""
 
     @abstractmethod
-    def lora_target_modules(self) -> list[str]:
-        """Names (peft `target_modules`) of the LLM's linear layers that get LoRA adapters."""
+    def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, len(keep), vocab]` at sequence positions `keep` (the positions predicting a
+        response token), so the full-vocabulary projection runs only where the loss needs it."""
 
-    def parts(self) -> dict[Part, nn.Module]:
-        return {"vision": self.vision, "projector": self.projector, "llm": self.llm}
+    @abstractmethod
+    def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        """Greedy, KV-cached generation from left-padded prompts: the new token ids `[B, T]`."""
 
-    def freeze(self, trainable: Sequence[Part] = ("projector",)) -> None:
-        """Make exactly the parts in `trainable` trainable (LoRA weights are handled by the module)."""
-        unknown = set(trainable) - set(self.parts())
+    # parts, LoRA, trainability ---------------------------------------------------------------
+
+    @property
+    def core(self) -> nn.Module:
+        """`model` without its peft wrapper (LoRA layers are injected in place)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if callable(get_base) else self.model
+
+    def part(self, name: Part) -> nn.Module:
+        paths = self.part_paths()
+        if name not in paths:
+            raise ValueError(f"unknown backbone part {name!r}; expected one of {list(paths)}")
+        return self.core.get_submodule(paths[name])
+
+    def lora_target_modules(self, names: Sequence[str] | None = None) -> str:
+        """A peft `target_modules` regex: the language model's linear layers (or those whose last name
+        is in `names`), matched by full path so no adapter lands in the vision tower.
+
+        Raises:
+            ValueError: some of `names` match no linear layer of the language model.
+        """
+        prefix = self.part_paths()["language_model"]
+        linears = {n.rsplit(".", 1)[-1] for n, m in self.part("language_model").named_modules()
+                   if isinstance(m, nn.Linear) and n}
+        wanted = set(names) if names else linears
+        missing = sorted(wanted - linears)
+        if missing:
+            raise ValueError(f"LoRA targets {missing} match no linear layer of the language model "
+                             f"({prefix}); its linear layers are {sorted(linears)}")
+        return rf"{re.escape(prefix)}\..*\.({'|'.join(sorted(wanted))})"
+
+    def add_lora(self, r: int, alpha: int, dropout: float, targets: Sequence[str] | None = None,
+                 gradient_checkpointing: bool = False) -> None:
+        """Wrap `model` in peft LoRA on the language model (QLoRA when its weights are 4-/8-bit)."""
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        core = self.core
+        if getattr(core, "is_loaded_in_4bit", False) or getattr(core, "is_loaded_in_8bit", False):
+            core = prepare_model_for_kbit_training(core, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            self.enable_gradient_checkpointing()
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=self.lora_target_modules(targets))
+        self.model = get_peft_model(core, config)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the language model's activations in the backward pass."""
+        lm = self.part("language_model")
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def part_parameters(self, part: str) -> list[nn.Parameter]:
+        """The parameters of one trainable part: "projector", "vision" or "lora" (the adapters only)."""
+        if part in ("projector", "vision"):
+            return list(self.part(part).parameters())  # type: ignore[arg-type]
+        if part == "lora":
+            return [p for n, p in self.core.named_parameters() if "lora_" in n]
+        raise ValueError(f"unknown trainable part {part!r}; expected one of {TRAIN_PARTS}")
+
+    def set_trainable(self, parts: Sequence[str]) -> list[nn.Parameter]:
+        """Make exactly `parts` trainable; returns the parameters that were frozen and now train."""
+        unknown = set(parts) - set(TRAIN_PARTS)
         if unknown:
-            raise ValueError(f"unknown backbone parts {sorted(unknown)}; expected some of {list(self.parts())}")
-        for name, module in self.parts().items():
-            module.requires_grad_(name in trainable)
+            raise ValueError(f"unknown trainable parts {sorted(unknown)}; expected some of {TRAIN_PARTS}")
+        wanted = {id(p) for part in parts for p in self.part_parameters(part)}
+        newly = []
+        for p in self.parameters():
+            train = id(p) in wanted
+            if train and not p.requires_grad:
+                newly.append(p)
+            p.requires_grad_(train)
+        return newly
+
+    # training and generation -----------------------------------------------------------------
+
+    def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Response-token cross-entropy: `loss` (mean over the batch's response tokens), and per example
+        the summed token loss `sample_loss_sum` over its `sample_tokens` response tokens."""
+        targets = batch["labels"][:, 1:]
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # positions where some row has a response
+        logits = self.logits(batch["inputs"], keep)
+        targets = targets[:, keep]
+        token_loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+        counts = (targets != IGNORE_INDEX).sum(1)
+        return {"loss": token_loss.sum() / counts.sum().clamp(min=1),
+                "sample_loss_sum": token_loss.sum(1), "sample_tokens": counts}
+
+    @torch.no_grad()
+    def generate(self, batch: Mapping[str, Any], budgets: Sequence[int]) -> list[str]:
+        """Answer texts, row `i` cut at `budgets[i]` new tokens, so an answer does not depend on which
+        other tasks share its batch."""
+        new = self.generate_ids(batch["inputs"], max(budgets))
+        tok = self.processor.tokenizer
+        return [tok.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new, budgets, strict=True)]
+
+    def cast_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Floating inputs (pixel values) in the vision encoder's dtype."""
+        dtype = next(self.part("vision").parameters()).dtype
+        return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                for k, v in inputs.items()}

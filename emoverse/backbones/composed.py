@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import timm
 import torch
+from PIL import Image
 from torch import nn
+from torchvision.transforms import v2
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from emoverse.backbones.base import Backbone, Processor
+from emoverse.backbones.base import Backbone, BackboneProcessor, Part
+from emoverse.backbones.quantization import Quantization, quantization_config
 
 IMAGE_TOKEN = "<image>"
-Quantization = Literal["4bit", "8bit"]
 
 
 def build_projector(kind: Literal["linear", "mlp"], in_dim: int, out_dim: int, out_norm: float | None = None) -> nn.Module:
@@ -39,31 +42,101 @@ def build_projector(kind: Literal["linear", "mlp"], in_dim: int, out_dim: int, o
     return proj
 
 
-def load_llm(
-    name_or_path: str,
-    dtype: str | None = None,
-    quantization: Quantization | None = None,
-    trust_remote_code: bool = False,
-) -> tuple[PreTrainedModel, Any]:
-    """Load a causal LM and its tokenizer from a local path or hub id given explicitly.
+class ComposedProcessor(BackboneProcessor):
+    """Text through the LLM tokenizer's chat template, each frame as `tokens_per_image` placeholder ids,
+    frames resized to the encoder's square input and normalised.
 
-    `quantization` loads 4-bit NF4 or 8-bit weights through bitsandbytes (QLoRA; needs CUDA).
+    Args:
+        tokenizer: a transformers tokenizer with a chat template and `image_token` in its vocabulary.
+        image_token: the placeholder; `encode` expands it to `tokens_per_image` ids per frame.
+        tokens_per_image: visual tokens the projector emits per frame.
+        image_size: square input side of the vision encoder.
+        mean, std: normalisation of the vision encoder.
+        max_length: the LLM's context length.
     """
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype)
-    if quantization is not None:
-        from transformers import BitsAndBytesConfig
 
-        compute = getattr(torch, dtype) if dtype else torch.bfloat16
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-                               bnb_4bit_use_double_quant=True)
-            if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True)
-        )
-    llm = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    return llm, tokenizer
+    def __init__(self, tokenizer: Any, image_token: str, tokens_per_image: int, image_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], max_length: int) -> None:
+        self.tokenizer, self.image_token, self.tokens_per_image = tokenizer, image_token, tokens_per_image
+        self.image_size, self.max_length = image_size, max_length
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.transform = v2.Compose([
+            v2.ToImage(),
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ])
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        flat = []
+        for m in messages:
+            parts = m["content"]
+            images = sum(p["type"] == "image" for p in parts)
+            text = "".join(p.get("text", "") for p in parts)
+            flat.append({"role": m["role"], "content": self.image_token * images + ("\n" if images else "") + text})
+        return self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, texts: list[str], images: list[list[Image.Image]]) -> dict[str, torch.Tensor]:
+        rows = []
+        for text, imgs in zip(texts, images, strict=True):
+            ids = []
+            for t in self.tokenize(text):
+                ids.extend([t] * self.tokens_per_image if t == self.image_token_id else [t])
+            if ids.count(self.image_token_id) != len(imgs) * self.tokens_per_image:
+                raise ValueError(f"prompt has {ids.count(self.image_token_id) // self.tokens_per_image} image slots "
+                                 f"but {len(imgs)} frames were given")
+            rows.append(ids)
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for b, ids in enumerate(rows):
+            input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[b, width - len(ids):] = 1
+        out = {"input_ids": input_ids, "attention_mask": mask}
+        frames = [self.transform(img.convert("RGB")) for imgs in images for img in imgs]
+        if frames:
+            out["pixel_values"] = torch.stack(frames)
+        return out
+
+
+class ComposedModel(nn.Module):
+    """Vision encoder → projector → causal LM, with the projected frames scattered into the image slots."""
+
+    def __init__(self, vision: nn.Module, projector: nn.Module, llm: PreTrainedModel, image_token_id: int,
+                 pool: int = 1) -> None:
+        super().__init__()
+        self.vision, self.projector, self.llm = vision, projector, llm
+        self.image_token_id, self.pool = image_token_id, pool
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[N, 3, S, S]` frames → `[N, tokens_per_image, llm_hidden]` visual tokens."""
+        feats = self.vision.forward_features(pixel_values)
+        feats = feats[:, getattr(self.vision, "num_prefix_tokens", 0):]
+        if self.pool > 1:
+            n, t, c = feats.shape
+            g = int(t**0.5)
+            grid = feats.transpose(1, 2).reshape(n, c, g, g)
+            feats = nn.functional.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
+        return self.projector(feats.to(next(self.projector.parameters()).dtype))
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the projected visual tokens in the image placeholders."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.image_token_id
+        n_slots = int(slots.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise ValueError(f"batch has {n_slots} image placeholder tokens but no pixel_values")
+            return embeds
+        visual = self.encode_images(pixel_values)
+        if visual.shape[0] * visual.shape[1] != n_slots:
+            raise ValueError(f"{visual.shape[0]} frames x {visual.shape[1]} visual tokens do not fill the batch's "
+                             f"{n_slots} image placeholders")
+        return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        return self.llm(inputs_embeds=self.embed(input_ids, pixel_values), attention_mask=attention_mask, **kwargs)
 
 
 class ComposedBackbone(Backbone):
@@ -73,14 +146,13 @@ class ComposedBackbone(Backbone):
         vision: a timm model name (random weights unless `vision_pretrained`) or a timm model.
         llm: a local path or hub id of a causal LM, or a loaded `PreTrainedModel`.
         tokenizer: the tokenizer when `llm` is a model (loaded with the LLM when `llm` is a path).
-        projector: "linear" (the paper) or "mlp".
+        projector: "linear" (the paper's Figure 3) or "mlp".
         pool: average-pool the patch grid by this factor to cut visual tokens per frame.
         vision_pretrained: load the timm weights (`vision` must then name a pretrained tag).
         vision_kwargs: extra timm `create_model` arguments (img_size, depth, ...).
         dtype: torch dtype name for the LLM weights, e.g. "bfloat16".
-        quantization: "4bit" / "8bit" bitsandbytes weights for QLoRA (CUDA only).
+        quantization: "4bit" (NF4, double quantization) / "8bit" bitsandbytes LLM weights (QLoRA).
         trust_remote_code: explicit opt-in for hub models that ship their own code.
-        lora_targets: peft target module names; default: the LLM's attention and MLP projections.
         max_length: context length; default: the LLM config's `max_position_embeddings`.
     """
 
@@ -96,24 +168,25 @@ class ComposedBackbone(Backbone):
         dtype: str | None = None,
         quantization: Quantization | None = None,
         trust_remote_code: bool = False,
-        lora_targets: list[str] | None = None,
         max_length: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(vision, str):
             vision = timm.create_model(vision, pretrained=vision_pretrained, num_classes=0, **(vision_kwargs or {}))
         if isinstance(llm, str):
-            llm, tokenizer = load_llm(llm, dtype, quantization, trust_remote_code)
+            kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+            if dtype is not None:
+                kwargs["dtype"] = getattr(torch, dtype)
+            if quantization is not None:
+                kwargs["quantization_config"] = quantization_config(quantization, dtype)
+            llm = AutoModelForCausalLM.from_pretrained(llm, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(llm.name_or_path, trust_remote_code=trust_remote_code)
         elif tokenizer is None:
             raise ValueError("ComposedBackbone: `tokenizer` is required when `llm` is a model, not a path")
         if pool < 1:
             raise ValueError(f"ComposedBackbone: pool={pool}; expected an integer >= 1")
-        self.vision = vision
-        self.llm = llm
-        self.pool = pool
-        self._lora_targets = lora_targets
         if IMAGE_TOKEN not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+            tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
             llm.resize_token_embeddings(len(tokenizer))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -122,43 +195,34 @@ class ComposedBackbone(Backbone):
                              "set `tokenizer.chat_template` (a Jinja string) before building the backbone")
         embeddings = llm.get_input_embeddings().weight
         text_norm = float(embeddings.detach().float().norm(dim=-1).median())
-        self.projector = build_projector(projector, vision.num_features, embeddings.shape[1], out_norm=text_norm)
+        proj = build_projector(projector, vision.num_features, embeddings.shape[1], out_norm=text_norm)
         size = _input_size(vision)
         grid = size // _patch_size(vision)
         if grid % pool:
             raise ValueError(f"ComposedBackbone: pool={pool} does not divide the {grid}x{grid} patch grid")
         cfg = getattr(vision, "pretrained_cfg", {}) or {}
-        self.processor = Processor(
-            tokenizer=tokenizer,
-            image_token=IMAGE_TOKEN,
-            tokens_per_image=(grid // pool) ** 2,
-            image_size=size,
-            mean=tuple(cfg.get("mean", (0.5, 0.5, 0.5))),
-            std=tuple(cfg.get("std", (0.5, 0.5, 0.5))),
+        self.processor = ComposedProcessor(
+            tokenizer, IMAGE_TOKEN, tokens_per_image=(grid // pool) ** 2, image_size=size,
+            mean=tuple(cfg.get("mean", (0.5, 0.5, 0.5))), std=tuple(cfg.get("std", (0.5, 0.5, 0.5))),
             max_length=max_length or llm.config.max_position_embeddings,
         )
-        self.freeze(("projector",))
+        self.model = ComposedModel(vision, proj, llm, self.processor.image_token_id, pool)
+        self._decoder = next(n for n, m in llm.named_modules() if m is llm.get_decoder())
+        self.set_trainable(["projector"])
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        feats = self.vision.forward_features(pixel_values.to(self.projector_dtype))
-        feats = feats[:, getattr(self.vision, "num_prefix_tokens", 0):]
-        if self.pool > 1:
-            n, t, c = feats.shape
-            g = int(t**0.5)
-            grid = feats.transpose(1, 2).reshape(n, c, g, g)
-            feats = nn.functional.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
-        return self.projector(feats)
+    def part_paths(self) -> dict[Part, str]:
+        return {"vision": "vision", "projector": "projector", "language_model": f"llm.{self._decoder}"}
 
-    @property
-    def projector_dtype(self) -> torch.dtype:
-        return next(self.projector.parameters()).dtype
+    def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        return self.core(**inputs, logits_to_keep=keep).logits
 
-    def lora_target_modules(self) -> list[str]:
-        if self._lora_targets:
-            return list(self._lora_targets)
-        names = {n.rsplit(".", 1)[-1] for n, m in self.llm.named_modules() if isinstance(m, nn.Linear)}
-        names.discard("lm_head")
-        return sorted(names)
+    def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        core, proc = self.core, self.processor
+        return core.llm.generate(
+            inputs_embeds=core.embed(inputs["input_ids"], inputs.get("pixel_values")),
+            attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False,
+            use_cache=True, eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id,
+        )
 
 
 def _input_size(vision: nn.Module) -> int:

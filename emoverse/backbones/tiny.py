@@ -50,16 +50,24 @@ def _tokenizer_json(vocab_size: int) -> str:
     return tok.to_str()
 
 
-def tiny_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(vocab_size: int = 2048, extra_tokens: tuple[str, ...] = (),
+                   named_tokens: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained offline on the default task prompts and the demo vocabulary.
 
     Byte-level, so any text encodes; deterministic; built in well under a second.
+
+    Args:
+        extra_tokens: more special tokens (a VLM family's image markers).
+        named_tokens: special tokens the tokenizer exposes as attributes, e.g.
+            `{"context_image_token": "<IMG_CONTEXT>"}` (InternVL's processor reads them).
     """
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
-        pad_token="<|pad|>", eos_token="<|end|>",
-        additional_special_tokens=[IMAGE_TOKEN],
+        pad_token="<|pad|>", eos_token="<|end|>", extra_special_tokens=dict(named_tokens or {}),
     )
+    new = [t for t in extra_tokens if t not in tok.get_vocab()]
+    if new:
+        tok.add_tokens(new, special_tokens=True)
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -74,11 +82,16 @@ def _tiny_vision_kwargs(image_size: int) -> dict[str, Any]:
 INIT_STD = 0.1
 
 
+def tiny_text_config(vocab: int, hidden: int, layers: int) -> dict[str, Any]:
+    """Config fields of a tiny decoder (Llama / Qwen2 style), shared by every tiny preset."""
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True,
+                initializer_range=INIT_STD)
+
+
 def _tiny_llm(family: Literal["llama", "qwen2"], vocab: int, hidden: int, layers: int):
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                  pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True,
-                  initializer_range=INIT_STD)
+    common = tiny_text_config(vocab, hidden, layers)
     if family == "llama":
         return LlamaForCausalLM(LlamaConfig(**common))
     return Qwen2ForCausalLM(Qwen2Config(**common))

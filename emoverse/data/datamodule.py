@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from emoverse.backbones.base import Processor
+from emoverse.backbones.base import BackboneProcessor
 from emoverse.curriculum.sampler import TaskWeightedSampler
 from emoverse.curriculum.stage import Stage
 from emoverse.data.collator import AMTCollator
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 class AMTDataModule(pl.LightningDataModule):
     """Reads AMT shards; training draws (record, task) pairs with a `TaskWeightedSampler`.
 
-    The tokenizer, image preprocessing and task objects come from the attached `EmoVerseModule`
-    (its backbone's processor and its tasks), so they are configured in one place. Without a
+    The backbone's processor and the task objects are injected: `emoverse fit` links them from the
+    model (`model.processor`, `model.tasks`); from Python pass them to the constructor, e.g.
+    `AMTDataModule(path, processor=module.processor, tasks=module.tasks)`. Without a
     `MultiStageCurriculum`, training is one stage over every record with equal task ratios.
 
     Args:
@@ -43,6 +44,8 @@ class AMTDataModule(pl.LightningDataModule):
             task, shards split across ranks and workers) instead of indexed, resumable sampling;
             not combinable with a `MultiStageCurriculum`.
         stream_ratios: task ratios of the stream (default: equal over the module's tasks).
+        processor: the backbone's processor (`EmoVerseModule.processor`).
+        tasks: the task objects by name (`EmoVerseModule.tasks`).
     """
 
     def __init__(
@@ -58,17 +61,19 @@ class AMTDataModule(pl.LightningDataModule):
         system_prompt: str | None = None,
         streaming: bool = False,
         stream_ratios: dict[str, float] | None = None,
+        processor: BackboneProcessor | None = None,
+        tasks: Mapping[str, Task] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["processor", "tasks"])
         self.path, self.demo = Path(path), demo
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.num_frames, self.max_eval_per_task, self.seed = num_frames, max_eval_per_task, seed
         self.system_prompt = system_prompt
         self.streaming, self.stream_ratios = streaming, stream_ratios
         self.stages: list[Stage] | None = None
-        self.processor: Processor | None = None
-        self.tasks: dict[str, Task] = {}
+        self.processor = processor
+        self.tasks: dict[str, Task] = dict(tasks or {})
         self.datasets: dict[str, AMTDataset] = {}
         self.train_sampler: TaskWeightedSampler | None = None
 
@@ -76,9 +81,6 @@ class AMTDataModule(pl.LightningDataModule):
         if self.demo and not (self.path / "manifest.json").exists():
             make_demo_amt(self.path, seed=self.seed)
 
-    def configure(self, processor: Processor, tasks: Mapping[str, Task]) -> None:
-        """Set the processor and tasks by hand (the Trainer does it from the module in `setup`)."""
-        self.processor, self.tasks = processor, dict(tasks)
 
     def use_curriculum(self, stages: Sequence[Stage]) -> None:
         """Train by these stages (called by `MultiStageCurriculum` before the first epoch)."""
@@ -91,19 +93,16 @@ class AMTDataModule(pl.LightningDataModule):
             self._build_sampler()
 
     def setup(self, stage: str) -> None:
-        if self.trainer is not None and self.trainer.lightning_module is not None:
-            module = self.trainer.lightning_module
-            self.configure(module.backbone.processor, module.tasks)
-        if self.processor is None:
-            raise RuntimeError("AMTDataModule: no processor and tasks; attach it to a Trainer with an "
-                               "EmoVerseModule or call configure(processor, tasks) first")
+        if self.processor is None or not self.tasks:
+            raise ValueError("AMTDataModule: no processor and tasks; pass processor=module.processor and "
+                             "tasks=module.tasks (emoverse fit links them from the model)")
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
         for split in splits:
             if split == "train" and self.streaming:
                 continue
             if split not in self.datasets:
                 self.datasets[split] = AMTDataset(ShardIndex(self.path, split), self.tasks, self.processor,
-                                                  self.num_frames, self.seed)
+                                                  self.num_frames, self.seed, self.system_prompt)
 
     def _stages(self) -> list[Stage]:
         if self.stages is not None:

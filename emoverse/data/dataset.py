@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 
-from emoverse.backbones.base import Processor
+from emoverse.backbones.base import BackboneProcessor
 from emoverse.data.record import AMTRecord
 from emoverse.data.shards import ShardIndex
 
 if TYPE_CHECKING:
     from emoverse.tasks.base import Task
+
+
+_CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr")
+
+
+def rgb_frames(images: Sequence[Any], where: str = "") -> list[Image.Image]:
+    """Frames as RGB PIL images. Modes PIL converts losslessly to RGB (RGBA, L, P, CMYK, ...) are
+    converted; others (16-bit, float) are rejected, naming `where` (the record)."""
+    out = []
+    for k, img in enumerate(images):
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"{where} frame {k}: expected a PIL image, got {type(img).__name__}")
+        if img.mode != "RGB":
+            if img.mode not in _CONVERTIBLE_MODES:
+                raise ValueError(f"{where} frame {k}: image mode {img.mode!r} cannot become RGB; "
+                                 f"expected one of {_CONVERTIBLE_MODES}")
+            img = img.convert("RGB")
+        out.append(img)
+    return out
 
 
 def select_frames(record: AMTRecord, media: str, num_frames: int) -> list[Any]:
@@ -36,19 +57,22 @@ class AMTDataset(torch.utils.data.Dataset):
     Args:
         index: the split's shard index.
         tasks: task objects by name.
-        processor: the backbone's processor (image preprocessing).
+        processor: the backbone's processor (measures prompts so long dialogues can be shortened).
         num_frames: frames per video prompt.
         seed: seeds each pair's prompt-variant choice, so a pair always reads the same.
+        system_prompt: the system message the collator adds (it counts towards the context).
     """
 
-    def __init__(self, index: ShardIndex, tasks: Mapping[str, Task], processor: Processor,
-                 num_frames: int = 4, seed: int = 0) -> None:
+    def __init__(self, index: ShardIndex, tasks: Mapping[str, Task], processor: BackboneProcessor,
+                 num_frames: int = 4, seed: int = 0, system_prompt: str | None = None) -> None:
         self.index, self.tasks, self.processor = index, dict(tasks), processor
-        self.num_frames, self.seed = num_frames, seed
+        self.num_frames, self.seed, self.system_prompt = num_frames, seed, system_prompt
         metas = [AMTRecord.from_metadata(e.meta, where=f"{index.paths[e.shard]} record {e.meta.get('id')}")
                  for e in index.entries]
+        # the task names of each record's labels, plus a `source:<name>` tag for stages restricted to sources
         self.record_tasks: list[frozenset[str]] = [
-            frozenset(name for name, task in self.tasks.items() if task.has_label(r)) for r in metas
+            frozenset([*(name for name, task in self.tasks.items() if task.has_label(r)), f"source:{r.source}"])
+            for r in metas
         ]
 
     def __len__(self) -> int:
@@ -61,14 +85,33 @@ class AMTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, str]) -> dict[str, Any]:
         i, name = key
-        return make_example(self.index.record(i), self.tasks[name], self.processor, self.num_frames, self.seed)
+        return make_example(self.index.record(i), self.tasks[name], self.processor, self.num_frames, self.seed,
+                            self.system_prompt)
 
 
-def make_example(record: AMTRecord, task: Task, processor: Processor, num_frames: int, seed: int) -> dict[str, Any]:
-    """One training/evaluation example: the task's (query, response), the frames it shows, the record."""
-    query, response = task.build(record, random.Random(f"{seed}/{record.id}/{task.name}"))
-    frames = select_frames(record, task.media, num_frames)
-    pixel_values = processor.pixel_values(frames, where=f"record {record.id}")
+def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, num_frames: int, seed: int,
+                 system_prompt: str | None = None, label: bool = True) -> dict[str, Any]:
+    """One training/evaluation example: the task's (query, response), the frames it shows, the record.
+
+    A prompt that does not fit the context loses its oldest dialogue turns, one at a time, until it
+    fits (the task's instruction and answer format always stay); `truncated` says so. With
+    `label=False` (answering unlabelled input) the response is empty.
+    """
+    images = rgb_frames(select_frames(record, task.media, num_frames), where=f"record {record.id}")
+    seed_text = f"{seed}/{record.id}/{task.name}"
+    if label:
+        query, response = task.build(record, random.Random(seed_text))
+    else:
+        query, response = task.query(record, random.Random(seed_text)), ""
+    room = processor.max_length - len(processor.tokenize(response)) - len(processor.end_ids)
+    shown, truncated = record, False
+    while processor.prompt_length(query, images, system_prompt) > room:
+        if not shown.context:
+            raise ValueError(f"record {record.id} ({task.name}): the prompt does not fit the context of "
+                             f"{processor.max_length} tokens even without dialogue context; use fewer frames "
+                             "or a backbone with a longer context")
+        shown, truncated = dataclasses.replace(shown, context=shown.context[1:]), True
+        query = task.query(shown, random.Random(seed_text))
     record.frames = []  # the batch carries labels and ids, not decoded images
     return {"id": record.id, "task": task.name, "query": query, "response": response,
-            "pixel_values": pixel_values, "record": record}
+            "images": images, "record": record, "truncated": truncated}

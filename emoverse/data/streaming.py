@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from emoverse.backbones.base import Processor
+from emoverse.backbones.base import BackboneProcessor
 from emoverse.curriculum.streams import mix_streams
 from emoverse.data.dataset import make_example
 from emoverse.data.shards import shard_paths, stream_records
@@ -40,7 +40,7 @@ class AMTStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, root: str | Path, split: str, tasks: Mapping[str, Task], ratios: Mapping[str, float],
-                 processor: Processor, num_frames: int = 4, seed: int = 0, shuffle: int = 1000) -> None:
+                 processor: BackboneProcessor, num_frames: int = 4, seed: int = 0, shuffle: int = 1000) -> None:
         unknown = set(ratios) - set(tasks)
         if unknown:
             raise ValueError(f"AMTStream: ratios name tasks {sorted(unknown)} the module does not have: {sorted(tasks)}")
