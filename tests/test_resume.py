@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage
 from emoverse.data import make_demo_amt
@@ -25,6 +26,15 @@ def m2se_small(first: int, second: int) -> list[Stage]:
         Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=first * BATCH),
         Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, epochs=2, samples_per_epoch=second * BATCH),
     ]
+
+
+class RestoreAfterSetup(SingleDeviceStrategy):
+    """One CPU device, restoring checkpoints as FSDP, ModelParallel and DeepSpeed do: callback state
+    is loaded only after `on_fit_start` (`restore_checkpoint_after_setup`)."""
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True
 
 
 class Stop(Exception):
@@ -52,7 +62,7 @@ def small_amt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fit(amt: Path, root: Path, stages: list[Stage], recorder: Recorder, ckpt_path: str | None = None,
-        every: int | None = None) -> EmoVerseModule:
+        every: int | None = None, restore_after_setup: bool = False) -> EmoVerseModule:
     """One `Trainer.fit` of the tiny module under the scaled-down M2SE curriculum."""
     torch.manual_seed(0)
     module = EmoVerseModule("tiny", lora_dropout=0.0, lr=1e-3, warmup_ratio=0.2)
@@ -61,7 +71,8 @@ def fit(amt: Path, root: Path, stages: list[Stage], recorder: Recorder, ckpt_pat
     if every:
         callbacks.append(pl.callbacks.ModelCheckpoint(root, filename="{step}", every_n_train_steps=every, save_top_k=-1))
     trainer = pl.Trainer(
-        max_epochs=sum(s.epochs for s in stages), accelerator="cpu", devices=1, callbacks=callbacks,
+        max_epochs=sum(s.epochs for s in stages), callbacks=callbacks,
+        strategy=RestoreAfterSetup(torch.device("cpu")) if restore_after_setup else SingleDeviceStrategy("cpu"),
         logger=False, enable_checkpointing=bool(every), enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
     )
@@ -69,7 +80,7 @@ def fit(amt: Path, root: Path, stages: list[Stage], recorder: Recorder, ckpt_pat
     return module
 
 
-def check_resume(amt: Path, tmp_path: Path, first: int, second: int, stop: int) -> None:
+def check_resume(amt: Path, tmp_path: Path, first: int, second: int, stop: int, restore_after_setup: bool = False) -> None:
     """Fit uninterrupted; fit again, stop after step `stop` and resume from its checkpoint; compare."""
     stages = m2se_small(first, second)
     full = Recorder()
@@ -84,7 +95,8 @@ def check_resume(amt: Path, tmp_path: Path, first: int, second: int, stop: int) 
     assert interrupted.pairs == full.pairs[: stop * BATCH]
 
     rest = Recorder()
-    resumed = fit(amt, tmp_path / "resumed", stages, rest, ckpt_path=str(tmp_path / "stopped" / f"step={stop}.ckpt"))
+    resumed = fit(amt, tmp_path / "resumed", stages, rest, ckpt_path=str(tmp_path / "stopped" / f"step={stop}.ckpt"),
+                  restore_after_setup=restore_after_setup)
     assert rest.pairs == full.pairs[stop * BATCH :]
     want, got = reference.trainable_state_dict(), resumed.trainable_state_dict()
     assert want and want.keys() == got.keys()
@@ -100,8 +112,19 @@ def test_resume_mid_stage_two(small_amt: Path, tmp_path: Path) -> None:
     check_resume(small_amt, tmp_path, first=2, second=3, stop=4)
 
 
+def test_resume_when_callbacks_are_restored_after_fit_start(small_amt: Path, tmp_path: Path) -> None:
+    # FSDP's restore order on one CPU device: the position must still be applied (it used to be dropped)
+    check_resume(small_amt, tmp_path, first=2, second=3, stop=4, restore_after_setup=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [7, 9, 12], ids=["mid-epoch", "epoch-end", "second-epoch"])
 def test_resume_in_stage_two_slow(small_amt: Path, tmp_path: Path, stop: int) -> None:
     # 4 + 2x5 steps; stage 2 covers steps 5-14, its first epoch ends at step 9
     check_resume(small_amt, tmp_path, first=4, second=5, stop=stop)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [2, 7, 9], ids=["stage-end", "mid-epoch", "epoch-end"])
+def test_resume_after_setup_order_slow(small_amt: Path, tmp_path: Path, stop: int) -> None:
+    check_resume(small_amt, tmp_path, first=2, second=5, stop=stop, restore_after_setup=True)

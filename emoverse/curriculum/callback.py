@@ -6,7 +6,9 @@ import sys
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch.utils.data import DistributedSampler
 
 from emoverse.curriculum._optim import (
     add_param_group,
@@ -26,17 +28,19 @@ class MultiStageCurriculum(Callback):
     Protocol with the rest of the trainer:
       * `trainer.datamodule.use_curriculum(stages)` is called in `setup("fit")` and must build the
         `TaskWeightedSampler` that its train DataLoader uses, exposed as `datamodule.train_sampler`.
-        The DataLoader must not be re-wrapped in a DistributedSampler:
-        `Trainer(use_distributed_sampler=False)` when training on several devices.
+        The sampler splits the data across ranks itself; it is a `DistributedSampler`, so Lightning
+        leaves it unwrapped also under `Trainer(use_distributed_sampler=True)`.
       * `pl_module.set_trainable(parts) -> list[Parameter]` makes exactly `parts` trainable and returns
         the parameters that became trainable; those the optimizer lacks go into a new param group.
       * `Trainer(max_epochs=sum(stage.epochs))`.
 
     The stage of epoch e follows the stages' `epochs`; the sampler follows it by itself, because
     Lightning calls `sampler.set_epoch(e)` at every epoch start. The callback's state (stage,
-    optimizer groups, sampler position) is saved in checkpoints, so a resumed run rebuilds the
-    stage's param groups before Lightning loads the optimizer state and continues the epoch's
-    sample sequence where the checkpoint left it.
+    optimizer groups, sampler position: epoch and batches trained, counted in `on_train_batch_end`)
+    is saved in checkpoints, so a resumed run rebuilds the stage's param groups before Lightning
+    loads the optimizer state and continues the epoch's sample sequence where the checkpoint left
+    it. The state is applied in `on_fit_start`, or, under strategies that restore callbacks only
+    after it (`restore_checkpoint_after_setup`: FSDP, ModelParallel, DeepSpeed), as it is loaded.
 
     Args:
         stages: the curriculum; None = the paper's M2SE stages (`m2se_stages()`).
@@ -54,6 +58,10 @@ class MultiStageCurriculum(Callback):
         self._groups: dict[int, list[dict[str, Any]]] = {}  # optimizer index -> described groups
         self._peak_lrs: dict[int, list[float]] = {}  # optimizer index -> configured peak lr per group
         self._loaded: dict[str, Any] | None = None
+        self._fit_started = False  # on_fit_start ran in this fit
+        self._position = [0, 0]  # [epoch, batches trained in it on this rank]
+        self._last_hook: str | None = None  # where a checkpoint written now is written from
+        self._resumed_at: str | None = None  # that hook, of the checkpoint this fit resumed from
 
     @property
     def total_epochs(self) -> int:
@@ -82,6 +90,7 @@ class MultiStageCurriculum(Callback):
         if stage != "fit":
             return
         self._trainer = trainer
+        self._fit_started, self._position, self._last_hook, self._resumed_at = False, [0, 0], None, None
         use = getattr(trainer.datamodule, "use_curriculum", None)
         if not callable(use):
             raise TypeError(
@@ -115,43 +124,30 @@ class MultiStageCurriculum(Callback):
         pl_module.set_trainable(self.stages[0].train)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # runs after configure_optimizers and before Lightning restores optimizer and loop state
+        # After configure_optimizers, before Lightning loads the optimizer and loop state. Strategies
+        # that restore after setup (FSDP, ModelParallel, DeepSpeed) load this callback's state only
+        # after this hook: `load_state_dict` then applies it at once (see there).
+        self._fit_started = True
         state, self._loaded = self._loaded, None
         if state is None:
             self._stage = None
             self._peak_lrs = {i: [base_lr(g) for g in opt.param_groups] for i, opt in enumerate(trainer.optimizers)}
             return
-        self._stage = state["stage"]
-        self._peak_lrs = {int(k): v for k, v in state["peak_lrs"].items()}
-        self._groups = {int(k): v for k, v in state["groups"].items()}
-        if self._stage is not None:
-            pl_module.set_trainable(self.stages[self._stage].train)
-        for index, groups in self._groups.items():
-            restore_groups(trainer, pl_module, trainer.optimizers[index], groups)
-        if "sampler" in state:
-            self.sampler(trainer).load_state_dict(state["sampler"])
-        else:
-            rank_zero_warn("MultiStageCurriculum: the checkpoint has no sampler position; the epoch restarts from its first sample")
+        self._apply(state, trainer, pl_module)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         sampler, loader = self.sampler(trainer), trainer.train_dataloader
+        if self._position[1] is None:
+            self._position[1] = -(-sampler.consumed // _batch_size(trainer))
         if len(sampler) and sampler.consumed >= len(sampler):
             # Resumed from a checkpoint taken at an epoch's end. Lightning sized the loader with the
             # finished epoch's length; its reload for the next epoch must see the next epoch's.
             sampler.set_epoch(sampler.epoch + 1)
-            loop = trainer.fit_loop.epoch_loop
-            if loop.restarted_on_train_batch_end:
-                # Saved at the last batch's end: Lightning decides the epoch is over with
-                # `completed >= num_training_batches`, but only after that reload, so a longer next
-                # stage would look unfinished. Make it take its own "epoch over" branch.
-                loop.batch_progress.current.completed = sys.maxsize // 2
-        used = {id(getattr(loader, "sampler", None)), id(getattr(getattr(loader, "batch_sampler", None), "sampler", None))}
-        if id(sampler) not in used:
-            raise RuntimeError(
-                "MultiStageCurriculum: the train DataLoader does not draw from datamodule.train_sampler "
-                f"(its sampler is {type(getattr(loader, 'sampler', None)).__name__}); with several devices pass "
-                "Trainer(use_distributed_sampler=False) so Lightning does not wrap it"
-            )
+            if self._resumed_at == "batch_end":
+                _finish_epoch_on_restart(trainer)
+        self._resumed_at = None
+        _check_draws_from(loader, sampler)
+        _check_eval_loaders(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._enter(trainer, pl_module, self.stage_of(trainer.current_epoch))
@@ -160,18 +156,29 @@ class MultiStageCurriculum(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # before Lightning reloads the DataLoader for the next epoch, so its length is the next stage's
         self.sampler(trainer).set_epoch(trainer.current_epoch + 1)
+        self._last_hook = "epoch_end"
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # Lightning skips on_train_epoch_start when it resumes from a checkpoint taken at an epoch's last batch
         index = self.stage_of(trainer.current_epoch)
         if index != self._stage:
             self._enter(trainer, pl_module, index)
+        if self._position[0] != trainer.current_epoch:
+            self._position = [trainer.current_epoch, 0]
+        self._last_hook = "batch_start"
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # counted here, not from the DataLoader: it prefetches ahead of training
+        self._position = [trainer.current_epoch, self._position[1] + 1]
+        self._last_hook = "batch_end"
         seen = self.sampler(trainer).seen(self.consumed(trainer))
         metrics = {f"curriculum/{task}_seen": float(n) for task, n in seen.items()}
         metrics["curriculum/stage"] = float(self._stage or 0)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._last_hook = "validation"
 
     # stage changes ----------------------------------------------------------------------------
 
@@ -197,27 +204,93 @@ class MultiStageCurriculum(Callback):
     def consumed(self, trainer: Trainer) -> int:
         """Samples of the current epoch this rank has trained on: finished batches x batch size.
 
-        `batch_progress.current.processed` counts the epoch's batches whose training step ran, also
-        when a checkpoint is written from on_train_batch_end or mid-epoch validation; after a
-        restart Lightning continues from that count.
+        The callback counts the batches whose `on_train_batch_end` ran in the trainer's current
+        epoch (the count is part of its checkpointed state, so it continues after a restart).
         """
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch, batches = self._position
+        batches = batches if epoch == trainer.current_epoch else 0
         return min(batches * _batch_size(trainer), len(self.sampler(trainer)))
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"stage": self._stage, "groups": self._groups, "peak_lrs": self._peak_lrs}
+        state: dict[str, Any] = {"stage": self._stage, "groups": self._groups, "peak_lrs": self._peak_lrs,
+                                 "saved_at": self._last_hook}
         trainer = self._trainer
         if trainer is not None and getattr(trainer.datamodule, "train_sampler", None) is not None:
             # the position of the trainer, not of the sampler: that may already be on the next epoch
             sampler = self.sampler(trainer)
             epoch = trainer.current_epoch
-            consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed * _batch_size(trainer)
+            epoch_of_count, batches = self._position
+            consumed = (batches if epoch_of_count == epoch else 0) * _batch_size(trainer)
             length = sampler.stage_length(sampler.stage_of(epoch))
-            state["sampler"] = sampler.state_dict() | {"stage": sampler.stage_of(epoch), "epoch": epoch, "consumed": min(consumed, length)}
+            state["sampler"] = sampler.state_dict() | {"stage": sampler.stage_of(epoch), "epoch": epoch,
+                                                       "consumed": min(consumed, length)}
+            state["batches"] = batches if epoch_of_count == epoch else 0
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded = dict(state_dict)  # applied in on_fit_start: the optimizer does not exist yet
+        if self._fit_started and self._trainer is not None:
+            # FSDP / ModelParallel / DeepSpeed: restored after on_fit_start, the optimizer exists and its
+            # state is loaded right after this call; the loops have not run yet
+            self._apply(dict(state_dict), self._trainer, self._trainer.lightning_module)
+        else:
+            self._loaded = dict(state_dict)  # applied in on_fit_start: the optimizer does not exist yet
+
+    def _apply(self, state: dict[str, Any], trainer: Trainer, pl_module: LightningModule) -> None:
+        """Re-enter the saved stage (trainable parts, param groups) and put the sampler at the saved sample."""
+        self._stage = state["stage"]
+        self._peak_lrs = {int(k): v for k, v in state["peak_lrs"].items()}
+        self._groups = {int(k): v for k, v in state["groups"].items()}
+        if self._stage is not None:
+            pl_module.set_trainable(self.stages[self._stage].train)
+        for index, groups in self._groups.items():
+            restore_groups(trainer, pl_module, trainer.optimizers[index], groups)
+        self._resumed_at = state.get("saved_at", "batch_end")
+        if "sampler" in state:
+            sampler = self.sampler(trainer)
+            sampler.load_state_dict(state["sampler"])
+            # checkpoints written before the count was saved: derived in on_train_start
+            self._position = [sampler.epoch, state.get("batches")]
+        else:
+            rank_zero_warn("MultiStageCurriculum: the checkpoint has no sampler position; the epoch restarts from its first sample")
+
+
+def _finish_epoch_on_restart(trainer: Trainer) -> None:
+    """Work around Lightning's restart from a checkpoint written at an epoch's last `on_train_batch_end`.
+
+    Lightning (2.x) then counts the finished epoch's batches against the *next* epoch's loader length,
+    which it reloads first; when the next stage is longer it would take the next epoch as already part
+    done. Lightning offers no public way to say "this epoch is over", so this sets the epoch loop's
+    batch counter past the end, which makes it take its own "epoch finished on restart" branch.
+    `tests/test_resume.py` (slow: the epoch-end stop) catches a Lightning release that changes this.
+    """
+    progress = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_progress", None)
+    if progress is None:
+        raise RuntimeError("MultiStageCurriculum: this Lightning version has no fit_loop.epoch_loop.batch_progress; "
+                           "resuming from a checkpoint written at an epoch's last batch is not supported")
+    progress.current.completed = sys.maxsize // 2
+
+
+def _check_draws_from(loader: Any, sampler: TaskWeightedSampler) -> None:
+    used = {id(getattr(loader, "sampler", None)), id(getattr(getattr(loader, "batch_sampler", None), "sampler", None))}
+    if id(sampler) not in used:
+        raise RuntimeError(
+            "MultiStageCurriculum: the train DataLoader does not draw from datamodule.train_sampler "
+            f"(its sampler is {type(getattr(loader, 'sampler', None)).__name__}); the sampler splits the data "
+            "across ranks itself, so it must not be wrapped"
+        )
+
+
+def _check_eval_loaders(trainer: Trainer) -> None:
+    """Lightning wraps plain eval samplers in a DistributedSampler under `use_distributed_sampler=True`."""
+    loaders = trainer.val_dataloaders
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        sampler = getattr(loader, "sampler", None)
+        if type(sampler) is DistributedSampler and trainer.world_size > 1:
+            raise RuntimeError(
+                "MultiStageCurriculum: Lightning wrapped the validation DataLoader in a DistributedSampler "
+                "(Trainer(use_distributed_sampler=True)); AMTDataModule already gives each rank its share, so "
+                "each rank would score 1/world_size**2 of the pairs: pass Trainer(use_distributed_sampler=False)"
+            )
 
 
 def _batch_size(trainer: Trainer) -> int:

@@ -8,19 +8,20 @@ from typing import Any
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from emoverse.curriculum._plan import (
     StagePlan,
     cycle_slice,
     label_matrix,
     plan_stages,
+    record_sources,
     shuffle_order,
 )
 from emoverse.curriculum.stage import Stage
 
 
-class TaskWeightedSampler(Sampler[tuple[int, str]]):
+class TaskWeightedSampler(DistributedSampler[tuple[int, str]]):
     """Draws (record, task) pairs for a multi-stage curriculum.
 
     Pools: a stage with an int budget draws that many records (seeded) among the records no earlier
@@ -34,7 +35,10 @@ class TaskWeightedSampler(Sampler[tuple[int, str]]):
     epoch's list is shuffled. Everything derives from (seed, stage, epoch): no global RNG.
 
     Ranks: rank r takes positions r, r + R, ... of the epoch's list, padded by wrapping around
-    (or trimmed if `drop_last`) so all ranks get `len(self)` samples.
+    (or trimmed if `drop_last`) so all ranks get `len(self)` samples. It is a `DistributedSampler`
+    (without its dataset-index logic) so that frameworks that add one, Lightning under
+    `Trainer(use_distributed_sampler=True)` among them, see that it splits by rank already and do
+    not wrap it into a second split (which would leave each rank 1/R² of the epoch).
 
     Position: `set_epoch(epoch)` takes the trainer's *global* epoch (Lightning calls it on every
     epoch start) and picks the stage from the stages' `epochs`. `consumed` is how many of this rank's
@@ -61,8 +65,10 @@ class TaskWeightedSampler(Sampler[tuple[int, str]]):
         rank: int | None = None,
         drop_last: bool = False,
     ) -> None:
+        # DistributedSampler.__init__ is not called: it indexes a dataset, this draws from a plan
         if not stages:
             raise ValueError("stages: expected at least one Stage, got none")
+        self.shuffle = True  # the epoch's list is shuffled (read by code that inspects DistributedSamplers)
         self.stages = list(stages)
         self.seed = int(seed)
         self.num_replicas, self.rank = _resolve_ranks(num_replicas, rank)
@@ -70,7 +76,7 @@ class TaskWeightedSampler(Sampler[tuple[int, str]]):
         self.tasks: tuple[str, ...] = tuple(sorted({t for s in self.stages for t in s.ratios}))
         self.num_records = len(record_tasks)
         has = label_matrix(record_tasks, self.tasks)
-        self.plans: list[StagePlan] = plan_stages(has, self.tasks, self.stages, self.seed)
+        self.plans: list[StagePlan] = plan_stages(has, self.tasks, self.stages, self.seed, record_sources(record_tasks))
         self._task_names = np.array(self.tasks, dtype=object)
         self._starts = np.cumsum([0] + [s.epochs for s in self.stages]).tolist()  # first global epoch per stage
         self._stage, self._epoch = 0, 0
@@ -151,6 +157,14 @@ class TaskWeightedSampler(Sampler[tuple[int, str]]):
     def __len__(self) -> int:
         """Samples per epoch on this rank, in the current stage (the full epoch, even when resuming)."""
         return self.stage_length(self._stage)
+
+    @property
+    def num_samples(self) -> int:  # DistributedSampler's name for the per-rank length
+        return len(self)
+
+    @property
+    def total_size(self) -> int:  # DistributedSampler's name for the padded length over all ranks
+        return len(self) * self.num_replicas
 
     def total_steps(self, batch_size: int, accumulate_grad_batches: int = 1, drop_last: bool = False) -> int:
         """Optimizer steps per rank over all stages' epochs, for LR schedules.
