@@ -51,7 +51,7 @@ def test_multi_face_clip_counts_failed_rows_and_takes_the_best_face() -> None:
 def test_not_an_openface_csv_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "x.csv"
     bad.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="x.csv: not an OpenFace AU CSV"):
+    with pytest.raises(ValueError, match="x.csv: not an OpenFace AU table"):
         peak_frame(bad)
     bad.write_text("frame,face_id,confidence,success,AU01_r\n1,0,0.9,1,abc\n")
     with pytest.raises(ValueError, match="x.csv line 2: expected numbers"):

@@ -48,6 +48,16 @@ def label_matrix(record_tasks: Sequence[Collection[str]], tasks: Sequence[str]) 
     return has
 
 
+SOURCE_TAG = "source:"
+"""Prefix of the pseudo-label naming a record's source among its task names (`AMTDataset.record_tasks`)."""
+
+
+def record_sources(record_tasks: Sequence[Collection[str]]) -> np.ndarray | None:
+    """Each record's source from its `source:<name>` tag ("" where untagged); None when no record has one."""
+    found = [next((n[len(SOURCE_TAG):] for n in names if n.startswith(SOURCE_TAG)), "") for names in record_tasks]
+    return np.array(found, dtype=object) if any(found) else None
+
+
 @dataclass
 class StagePlan:
     """What the sampler needs to generate any epoch of one stage."""
@@ -66,8 +76,12 @@ class StagePlan:
     """Pool records with a label of at least one of the stage's tasks."""
 
 
-def plan_stages(has: np.ndarray, tasks: Sequence[str], stages: Sequence[Stage], seed: int) -> list[StagePlan]:
-    """Choose every stage's pool (disjoint unless a stage says "all") and its per-epoch task quotas."""
+def plan_stages(has: np.ndarray, tasks: Sequence[str], stages: Sequence[Stage], seed: int,
+                sources: np.ndarray | None = None) -> list[StagePlan]:
+    """Choose every stage's pool (disjoint unless a stage says "all") and its per-epoch task quotas.
+
+    `sources` (each record's source, see `record_sources`) restricts the pools of stages with `sources`.
+    """
     col = {t: j for j, t in enumerate(tasks)}
     n = has.shape[0]
     used = np.zeros(n, dtype=bool)
@@ -75,11 +89,17 @@ def plan_stages(has: np.ndarray, tasks: Sequence[str], stages: Sequence[Stage], 
     for index, stage in enumerate(stages):
         names = stage.tasks
         cols = [col[t] for t in names]
-        labelled = has[:, cols].any(axis=1)
+        allowed = np.ones(n, dtype=bool)
+        if stage.sources is not None:
+            if sources is None:
+                raise ValueError(f"stage {index} {stage.name!r}: sources={stage.sources} but the records carry no "
+                                 f"source (expected a '{SOURCE_TAG}<name>' entry per record)")
+            allowed = np.isin(sources, stage.sources)
+        labelled = has[:, cols].any(axis=1) & allowed
         if stage.budget == "all":
-            pool = np.arange(n)
+            pool = np.flatnonzero(allowed)
         elif stage.budget == "remaining":
-            pool = np.flatnonzero(~used)
+            pool = np.flatnonzero(~used & allowed)
         else:
             candidates = np.flatnonzero(~used & labelled)
             if stage.budget > len(candidates):

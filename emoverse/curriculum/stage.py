@@ -14,6 +14,8 @@ DEFAULT_TASKS: tuple[str, ...] = ("msa", "mer", "fer", "eri", "ecpe")
 """The paper's five task names; used when the task registry is not importable yet."""
 
 BUDGET_WORDS: tuple[str, ...] = ("remaining", "all")
+SOURCES: tuple[str, ...] = ("mosei", "meld", "ecf", "demo")
+"""The record sources a stage may restrict its pool to (`AMTRecord.source`)."""
 
 
 def known_task_names() -> list[str]:
@@ -52,6 +54,9 @@ class Stage:
     """Model parts trained in this stage (the others are frozen)."""
     lr: float | None = None
     """Peak learning rate of every parameter group in this stage; None keeps the optimizer's own."""
+    sources: list[str] | None = None
+    """Restrict the stage's pool to records of these sources (e.g. `[meld]` for the Table 5 single-task
+    MER ablation); None = every source."""
 
     def __post_init__(self) -> None:
         where = f"Stage {self.name!r}"
@@ -82,6 +87,12 @@ class Stage:
         self.train = list(self.train)
         if self.lr is not None and (not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0):
             raise ValueError(f"{where}: lr={self.lr!r}, expected None or a positive float")
+        if self.sources is not None:
+            if (not isinstance(self.sources, (list, tuple)) or not self.sources
+                    or any(s not in SOURCES for s in self.sources) or len(set(self.sources)) != len(self.sources)):
+                raise ValueError(f"{where}: sources={self.sources!r}, expected None or a non-empty list of "
+                                 f"distinct sources from {list(SOURCES)}")
+            self.sources = list(self.sources)
 
     @property
     def tasks(self) -> list[str]:

@@ -59,7 +59,7 @@ class AMTRecord:
         speaker: who speaks, when known.
         dialogue_id: conversation id (MELD dialogue / ECF conversation), when the record is a turn.
         turn: 1-based position of this utterance in its dialogue.
-        context: the preceding turns of the dialogue (ECPE).
+        context: other turns of the dialogue (ECPE): the preceding ones, or the whole conversation (ECF builds).
         frames: decoded RGB frames (PIL images) or encoded JPEG bytes, in time order.
         peak_frame: index into `frames` of the most expressive frame (FER), when known.
     """

@@ -76,14 +76,21 @@ class ECPEAnswerF1(ECPEPairF1):
         return {**super().compute(), "unparsed": self.unparsed.float(), "ignored_pairs": self.ignored_pairs.float()}
 
 
+def last_turn(record: AMTRecord) -> int:
+    """The last turn the prompt shows: the target's, or a later one when the context is the whole conversation."""
+    return max([record.turn or 0, *(u.turn for u in record.context)])
+
+
 @register_task
 class ECPE(Task):
     """Emotion-cause pair extraction for one target utterance of a conversation (ECF 2.0).
 
-    The query lists the conversation up to the target as `{turn}_{emotion}. {speaker}: {text}`
-    lines, the candidate causes and the target; the answer is `5_surprise,2;5_surprise,5`, or the
-    empty string when the target has no cause. Gold causes after the target turn are not shown,
-    so they are left out of the answer but stay in `target()` (they cost recall, as in SemEval).
+    The query lists the record's conversation (its context and the target, in turn order; the
+    whole conversation for AMT built from ECF, or the turns up to the target) as
+    `{turn}_{emotion}. {speaker}: {text}` lines, the candidate causes and the target; the answer
+    is `5_surprise,2;5_surprise,5`, or the empty string when the target has no cause. Gold causes
+    after the last turn shown are left out of the answer but stay in `target()` (they cost
+    recall, as in SemEval). "Target turn" in the parsing rules below means the last turn shown.
 
     Parsing (`parse`):
     - every `<turn>_<emotion>,<cause>` found anywhere is a pair (emotion synonyms allowed);
@@ -95,7 +102,8 @@ class ECPE(Task):
 
     Args:
         template: the query, with `{conversation}`, `{candidates}` and `{target}`.
-        include_target_in_candidates: list turns 1..target as candidates (self-causes are common
+        include_target_in_candidates: list every turn shown (1..target, or the whole conversation)
+            as candidates, and parse causes up to the last turn shown (self-causes are common
             in ECF); `False` lists 1..target-1 like the released EmoVerse data.
         compat: how `ECPEPairF1` treats utterances without gold cause (see there).
     """
@@ -131,8 +139,8 @@ class ECPE(Task):
             raise ValueError(f"record {record.id!r}: ECPE needs `turn` and the target's `labels.emotion`")
         turns = [(u.turn, u.emotion, u.speaker, u.text) for u in record.context]
         turns.append((record.turn, record.labels.emotion, record.speaker or "Speaker", record.text))
-        lines = {turn: f"{turn}_{emotion}. {speaker}: {text}" for turn, emotion, speaker, text in turns}
-        last = record.turn if self.include_target_in_candidates else record.turn - 1
+        lines = {turn: f"{turn}_{emotion}. {speaker}: {text}" for turn, emotion, speaker, text in sorted(turns)}
+        last = last_turn(record) if self.include_target_in_candidates else record.turn - 1
         return self.template.format(
             conversation="\n".join(lines.values()),
             candidates="\n".join(line for turn, line in lines.items() if turn <= last),
@@ -140,24 +148,26 @@ class ECPE(Task):
         )
 
     def response(self, record: AMTRecord) -> str:
-        # A cause after the target turn (3.5% of ECF 2.0 test pairs) is not in the prompt: the
-        # answer leaves it out, the gold of `target()` keeps it (SemEval scores it as missed).
-        shown = sorted(p for p in record.labels.cause_pairs if p[1] <= record.turn)
+        # A cause after the last turn shown (3.5% of ECF 2.0 test pairs are after the target, so with
+        # a context of earlier turns only) is not in the prompt: the answer leaves it out, the gold of
+        # `target()` keeps it (SemEval scores it as missed).
+        shown = sorted(p for p in record.labels.cause_pairs if p[1] <= last_turn(record))
         return ";".join(f"{e}_{emotion},{c}" for e, c, emotion in shown)
 
     def parse(self, text: str, record: AMTRecord | None = None) -> ECPEAnswer | None:
         if record is None:
             return self._parse(text, None, None)
-        return self._parse(text, record.turn, record.labels.emotion)
+        return self._parse(text, record.turn, record.labels.emotion, last_turn(record))
 
     def parse_offline(self, text: str, target: Mapping[str, Any]) -> ECPEAnswer | None:
-        return self._parse(text, target.get("turn"), target.get("emotion"))
+        return self._parse(text, target.get("turn"), target.get("emotion"), target.get("last_turn"))
 
     def target(self, record: AMTRecord) -> dict[str, Any]:
-        """`{"dialogue_id", "turn", "emotion", "pairs": [[emotion_turn, cause_turn, emotion], ...]}`."""
+        """`{"dialogue_id", "turn", "last_turn", "emotion", "pairs": [[emotion_turn, cause_turn, emotion], ...]}`."""
         self.check_label(record)
         pairs = [[e, c, emotion] for e, c, emotion in record.labels.cause_pairs]
-        return {"dialogue_id": record.dialogue_id, "turn": record.turn, "emotion": record.labels.emotion, "pairs": pairs}
+        return {"dialogue_id": record.dialogue_id, "turn": record.turn, "last_turn": last_turn(record),
+                "emotion": record.labels.emotion, "pairs": pairs}
 
     def new_metric(self) -> Metric:
         return ECPEAnswerF1(compat=self.compat)
@@ -181,12 +191,12 @@ class ECPE(Task):
         metric.update(pred_pairs, gold_pairs, unparsed=unparsed, ignored_pairs=ignored)
 
     @staticmethod
-    def _parse(text: str, turn: int | None, emotion: str | None) -> ECPEAnswer | None:
+    def _parse(text: str, turn: int | None, emotion: str | None, last: int | None = None) -> ECPEAnswer | None:
         found = find_pairs(text)
         if found:
             triples, ignored = [], 0
             for emotion_turn, word, cause in found:
-                limit = turn if turn is not None else emotion_turn
+                limit = last if last is not None else turn if turn is not None else emotion_turn
                 label = EMOTION_SYNONYMS.get(word)
                 if label is None or not 1 <= cause <= limit:
                     ignored += 1
@@ -198,5 +208,5 @@ class ECPE(Task):
         causes = find_indices(text)
         if not causes or turn is None or emotion is None:
             return None
-        kept = [c for c in causes if 1 <= c <= turn]
+        kept = [c for c in causes if 1 <= c <= (last if last is not None else turn)]
         return ECPEAnswer(tuple(dict.fromkeys((turn, c, emotion) for c in kept)), len(causes) - len(kept))

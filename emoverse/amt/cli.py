@@ -1,0 +1,42 @@
+"""`emoverse amt build --config amt.yaml`: build AMT shards from the public releases (see docs/amt.md).
+
+The YAML keys are the fields of `AMTBuildConfig` (sources as nested mappings); `--print_config`
+shows them all with their defaults, and any key can be given on the command line
+(`--workers 4`, `--meld.root ...`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+
+def build_parser() -> ArgumentParser:
+    from emoverse.amt.build import AMTBuildConfig
+
+    parser = ArgumentParser(prog="emoverse amt build", description="Build AMT shards from CMU-MOSEI, MELD and ECF.")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with the AMTBuildConfig fields")
+    parser.add_class_arguments(AMTBuildConfig, None, fail_untyped=True)
+    parser.add_argument("--progress", type=bool, default=True, help="show a progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] != ["build"]:
+        print("usage: emoverse amt build --config amt.yaml [--print_config]", file=sys.stderr)
+        return 2
+    from emoverse.amt.build import AMTBuildConfig, build_amt, format_table1
+
+    parser = build_parser()
+    cfg = parser.parse_args(words[1:])
+    init = (parser.instantiate if hasattr(parser, "instantiate") else parser.instantiate_classes)(cfg)
+    fields = {name: init[name] for name in AMTBuildConfig.__dataclass_fields__}
+    config = AMTBuildConfig(**fields)
+    manifest = build_amt(config, progress=cfg.progress)
+    print(format_table1(manifest))
+    dropped = sum(manifest["dropped"].values())
+    print(f"dropped records: {dropped} {manifest['dropped']}; labels removed: {manifest['labels_removed']}")
+    print(f"manifest: {config.output}/manifest.json")
+    return 0
