@@ -27,7 +27,8 @@ def cli_kwargs() -> dict[str, Any]:
     return {"trainer_defaults": trainer_defaults, "subclass_mode_model": True, "subclass_mode_data": True,
             "auto_configure_optimizers": False}
 
-TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments", "report": "emoverse.report.cli"}
+TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments", "report": "emoverse.report.cli",
+                         "amt": "emoverse.amt.cli"}
 """Subcommands that are plain tools, not Trainer runs: name -> module with `main(argv) -> int`."""
 
 
