@@ -1,21 +1,44 @@
-"""The backbone registry and every registered tiny backbone (forward + backward, like timm's test)."""
+"""The backbone contract on every registered tiny preset (timm style), plus the loading paths.
+
+Each tiny preset is a real architecture with random weights built offline; the HF families are
+also saved with `save_pretrained` and loaded back through `HFVisionLanguageBackbone(path)`, the
+path a user's downloaded checkpoint takes.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from emoverse.backbones import Backbone, create_backbone, list_backbones
+from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.tiny import tiny_tokenizer
-from emoverse.lora import add_lora, set_trainable
+from emoverse.data.dataset import rgb_frames
 
 TINY = list_backbones("tiny*")
+HF = [n for n in TINY if isinstance(create_backbone(n), HFVisionLanguageBackbone)]
+
+
+def examples(n_frames: tuple[int, ...] = (1, 2), size: tuple[int, int] = (96, 64)) -> list[dict]:
+    return [{"id": f"r{i}", "task": "msa", "query": "How does the speaker feel?" + " really" * i,
+             "response": "Positive", "images": [Image.new("RGB", size, (40 * i, 90, 10))] * k, "record": None}
+            for i, k in enumerate(n_frames)]
+
+
+def with_lora(name: str, **kwargs) -> Backbone:
+    torch.manual_seed(0)
+    bb = create_backbone(name, **kwargs)
+    bb.add_lora(r=4, alpha=16, dropout=0.0)
+    bb.set_trainable(["projector", "lora"])
+    return bb
 
 
 def test_registry_lists_presets() -> None:
     names = list_backbones()
-    assert {"tiny", "tiny_qwen2_mlp", "emoverse_4b", "emoverse_8b"} <= set(names)
+    assert {"tiny", "tiny_qwen2_mlp", "tiny_llava", "tiny_qwen2_vl", "tiny_internvl", "tiny_idefics3",
+            "emoverse_4b", "emoverse_8b"} <= set(names)
     assert names == sorted(names)
 
 
@@ -26,9 +49,8 @@ def test_unknown_backbone_lists_known() -> None:
 
 def test_overrides_reach_the_preset() -> None:
     small = create_backbone("tiny", image_size=32, hidden=64)
-    assert small.processor.image_size == 32
-    assert small.processor.tokens_per_image == 4
-    assert small.llm.config.hidden_size == 64
+    assert small.processor.image_size == 32 and small.processor.tokens_per_image == 4
+    assert small.core.llm.config.hidden_size == 64
 
 
 def test_tokenizer_is_deterministic_and_has_a_chat_template() -> None:
@@ -40,53 +62,132 @@ def test_tokenizer_is_deterministic_and_has_a_chat_template() -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_tiny_backbone_forward_backward(name: str) -> None:
-    torch.manual_seed(0)
-    bb: Backbone = create_backbone(name)
-    add_lora(bb, r=4, alpha=16, dropout=0.0)
-    set_trainable(bb, ["projector", "lora"])
-    p = bb.processor
-    px = p.pixel_values([Image.new("RGB", (80, 50), "red"), Image.new("L", (64, 64))])
-    assert px.shape == (2, 3, p.image_size, p.image_size)
-    visual = bb.encode_images(px)
-    hidden = bb.llm.get_input_embeddings().embedding_dim
-    assert visual.shape == (2, p.tokens_per_image, hidden)
-    ids = torch.randint(0, len(p.tokenizer) - 1, (2, 5))
-    embeds = torch.cat([visual, bb.llm.get_input_embeddings()(ids)], dim=1)
-    out = bb.llm(inputs_embeds=embeds, labels=torch.cat([torch.full((2, p.tokens_per_image), -100), ids], 1))
-    out.loss.backward()
-    grads = {n for n, q in bb.named_parameters() if q.grad is not None}
-    assert any(n.startswith("projector.") for n in grads)
+def test_forward_backward_trains_projector_and_lora_only(name: str) -> None:
+    bb = with_lora(name)
+    batch = bb.processor(examples(), "train")
+    labels = batch["labels"]
+    # the labels are exactly the response and the end-of-turn marker
+    want = bb.processor.tokenize("Positive") + bb.processor.end_ids
+    assert [t for t in labels[0].tolist() if t != -100] == want
+    out = bb.loss(batch)
+    assert out["sample_tokens"].tolist() == [len(want)] * 2
+    out["loss"].backward()
+    grads = {n for n, p in bb.named_parameters() if p.grad is not None}
+    paths = bb.part_paths()
+    projector = {n for n, _ in bb.part("projector").named_parameters()}
     assert any("lora_" in n for n in grads)
-    assert not any(n.startswith("vision.") for n in grads), "the vision encoder is frozen"
+    assert projector and any(n.endswith(next(iter(projector))) for n in grads)
+    vision_prefix = f".{paths['vision']}."
+    assert not [n for n in grads if vision_prefix in f".{n}" and f".{paths['projector']}." not in f".{n}"]
+    # LoRA adapters sit in the language model only (suffix-matched targets also hit the vision tower)
+    lora_modules = [n for n, _ in bb.core.named_modules() if n.endswith("lora_A")]
+    assert lora_modules and all(n.startswith(paths["language_model"] + ".") for n in lora_modules)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_batched_generation_equals_one_at_a_time(name: str) -> None:
+    bb = with_lora(name).eval()
+    exs = examples((1, 2, 1))
+    batch = bb.processor(exs, "generate")
+    assert len(set(batch["inputs"]["attention_mask"].sum(1).tolist())) == 3  # real left padding
+    together = bb.generate(batch, [6, 6, 6])
+    alone = [bb.generate(bb.processor([ex], "generate"), [6])[0] for ex in exs]
+    assert together == alone
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_prompt_length_is_exact(name: str) -> None:
+    bb = create_backbone(name)
+    exs = examples((1, 2))
+    got = bb.processor(exs, "generate")["inputs"]["attention_mask"].sum(1).tolist()
+    assert [bb.processor.prompt_length(e["query"], e["images"]) for e in exs] == got
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_trained_weights_round_trip(name: str) -> None:
+    a, b = with_lora(name), with_lora(name)
+    with torch.no_grad():
+        for p in a.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    trained = {k: v for k, v in a.state_dict().items() if k in {n for n, p in a.named_parameters() if p.requires_grad}}
+    b.load_state_dict(trained, strict=False)
+    batch = a.processor(examples(), "train")
+    assert torch.equal(a.loss(batch)["loss"], b.loss(batch)["loss"])
+
+
+@pytest.mark.parametrize("name", HF)
+def test_hf_family_loads_back_from_a_saved_folder(name: str, tmp_path: Path) -> None:
+    """`save_pretrained` then the user's path: AutoModelForImageTextToText + AutoProcessor."""
+    saved = create_backbone(name)
+    saved.core.save_pretrained(tmp_path)
+    saved.processor.processor.save_pretrained(tmp_path)
+    loaded = HFVisionLanguageBackbone(str(tmp_path), images_kwargs=saved.processor.images_kwargs)
+    assert type(loaded.core) is type(saved.core)
+    assert loaded.core.training, "from_pretrained returns eval mode; training needs train mode (dropout)"
+    assert loaded.part_paths() == saved.part_paths()
+    batch = saved.processor(examples(), "train")
+    assert torch.equal(loaded.processor(examples(), "train")["inputs"]["input_ids"], batch["inputs"]["input_ids"])
+    saved.eval(), loaded.eval()
+    assert torch.allclose(saved.loss(batch)["loss"], loaded.loss(batch)["loss"])
+
+
+def test_qwen2_vl_token_count_follows_the_image_size_and_survives_batch_changes() -> None:
+    bb = with_lora("tiny_qwen2_vl")
+    p = bb.processor
+    assert p.prompt_length("q", [Image.new("RGB", (32, 32))]) + 12 == p.prompt_length("q", [Image.new("RGB", (64, 64))])
+    bb.eval()
+    bb.generate(p(examples((1, 1, 1)), "generate"), [3, 3, 3])
+    bb.train()
+    assert torch.isfinite(bb.loss(p(examples((1,)), "train"))["loss"])  # no stale rope_deltas from batch 3
+
+
+def test_lora_targets_that_match_nothing_are_named() -> None:
+    bb = create_backbone("tiny_llava")
+    with pytest.raises(ValueError, match=r"LoRA targets \['qkv'\] match no linear layer of the language model"):
+        bb.add_lora(4, 16, 0.0, targets=["qkv"])
+    bb.add_lora(4, 16, 0.0, targets=["q_proj", "v_proj"])
+    adapted = {n.rsplit(".", 2)[-2] for n, _ in bb.core.named_modules() if n.endswith("lora_A")}
+    assert adapted == {"q_proj", "v_proj"}
+
+
+def test_image_count_must_match_the_prompt_slots() -> None:
+    p = create_backbone("tiny").processor
+    text = p.render(p.messages("q", 2), add_generation_prompt=True)
+    with pytest.raises(ValueError, match="2 image slots but 1 frames"):
+        p.encode([text], [[Image.new("RGB", (8, 8))]])
+
+
+def test_a_text_only_model_is_not_a_vlm(tmp_path: Path) -> None:
+    create_backbone("tiny").core.llm.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is not a vision-language model"):
+        HFVisionLanguageBackbone(str(tmp_path))
+    with pytest.raises(OSError, match="cannot load a vision-language model from .*missing"):
+        HFVisionLanguageBackbone(str(tmp_path / "missing"))
 
 
 def test_image_mode_that_cannot_become_rgb_is_rejected() -> None:
-    p = create_backbone("tiny").processor
     with pytest.raises(ValueError, match="record r1 frame 0: image mode 'I;16'"):
-        p.pixel_values([Image.new("I;16", (8, 8))], where="record r1")
+        rgb_frames([Image.new("I;16", (8, 8))], where="record r1")
+    assert rgb_frames([Image.new("CMYK", (8, 8))])[0].mode == "RGB"
 
 
 def test_set_trainable_returns_newly_trainable() -> None:
-    bb = create_backbone("tiny")
-    add_lora(bb, r=4, alpha=16, dropout=0.0)
-    set_trainable(bb, ["projector"])
-    newly = set_trainable(bb, ["projector", "vision"])
-    assert len(newly) == len(list(bb.vision.parameters()))
+    bb = with_lora("tiny")
+    newly = bb.set_trainable(["projector", "lora", "vision"])
+    assert len(newly) == len(list(bb.part("vision").parameters()))
     with pytest.raises(ValueError, match="unknown trainable parts"):
-        set_trainable(bb, ["decoder"])
+        bb.set_trainable(["decoder"])
 
 
-def test_composed_backbone_loads_an_llm_from_a_local_path(tmp_path) -> None:
+def test_composed_backbone_loads_an_llm_from_a_local_path(tmp_path: Path) -> None:
     """The real loading code (`from_pretrained` on a path) on a tiny LLM saved offline."""
-    from emoverse.backbones import ComposedBackbone
-
     saved = create_backbone("tiny")
-    saved.llm.save_pretrained(tmp_path / "llm")
+    saved.core.llm.save_pretrained(tmp_path / "llm")
     saved.processor.tokenizer.save_pretrained(tmp_path / "llm")
     loaded = ComposedBackbone(vision="vit_tiny_patch16_224", llm=str(tmp_path / "llm"),
                               vision_kwargs={"img_size": 64, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2})
-    a, b = saved.llm.state_dict(), loaded.llm.state_dict()
+    a, b = saved.core.llm.state_dict(), loaded.core.llm.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.processor.tokenizer.chat_template == saved.processor.tokenizer.chat_template
     assert loaded.processor.image_token_id == saved.processor.image_token_id
@@ -97,6 +198,6 @@ def test_composed_backbone_loads_an_llm_from_a_local_path(tmp_path) -> None:
 def test_projector_starts_at_the_text_embedding_scale() -> None:
     """Visual tokens far larger than text embeddings drown the text (seen: 6x at PyTorch's default init)."""
     bb = create_backbone("tiny")
-    visual = bb.encode_images(torch.randn(8, 3, 64, 64)).norm(dim=-1).mean()
-    text = bb.llm.get_input_embeddings().weight.norm(dim=-1).median()
+    visual = bb.core.encode_images(torch.randn(8, 3, 64, 64)).norm(dim=-1).mean()
+    text = bb.core.llm.get_input_embeddings().weight.norm(dim=-1).median()
     assert 0.5 < float(visual / text) < 2.0

@@ -1,14 +1,16 @@
-"""The collator: chat template, visual placeholders, response-only labels, padding, truncation."""
+"""Batching through the backbone's processor: labels, placeholders, padding, and prompts that must be shortened."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
+from PIL import Image
 
 from emoverse.backbones import create_backbone
-from emoverse.data.collator import IGNORE_INDEX, AMTCollator, ChatSegments
+from emoverse.data.collator import IGNORE_INDEX, AMTCollator
+from emoverse.data.dataset import make_example
+from emoverse.data.record import AMTLabels, AMTRecord, Utterance
+from emoverse.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -16,16 +18,16 @@ def processor():
     return create_backbone("tiny").processor
 
 
-def _example(processor, query: str, response: str, frames: int = 2, rid: str = "r1") -> dict:
-    s = processor.image_size
+def _example(query: str, response: str, frames: int = 2, rid: str = "r1") -> dict:
     return {"id": rid, "task": "mer", "query": query, "response": response,
-            "pixel_values": torch.zeros(frames, 3, s, s), "record": None}
+            "images": [Image.new("RGB", (64, 64))] * frames, "record": None}
 
 
 def test_labels_cover_exactly_the_response(processor) -> None:
     tok = processor.tokenizer
-    batch = AMTCollator(processor, "train")([_example(processor, "How do they feel?", "Joy."),
-                                              _example(processor, "A much longer question about feelings?", "Sadness.", 4)])
+    batch = AMTCollator(processor, "train")([_example("How do they feel?", "Joy."),
+                                              _example("A much longer question about feelings?", "Sadness.", 4)])
+    ids, mask = batch["inputs"]["input_ids"], batch["inputs"]["attention_mask"]
     for b, response in enumerate(["Joy.", "Sadness."]):
         labels = batch["labels"][b]
         kept = labels[labels != IGNORE_INDEX].tolist()
@@ -33,47 +35,57 @@ def test_labels_cover_exactly_the_response(processor) -> None:
         # the kept labels are one contiguous run that ends at the last real token
         pos = (labels != IGNORE_INDEX).nonzero().squeeze(1)
         assert pos.tolist() == list(range(pos[0].item(), pos[-1].item() + 1))
-        assert pos[-1].item() == batch["attention_mask"][b].sum().item() - 1
-        assert torch.equal(batch["input_ids"][b, pos], labels[pos])
+        assert pos[-1].item() == mask[b].sum().item() - 1
+        assert torch.equal(ids[b, pos], labels[pos])
+    assert mask[0, 0] == 1 and mask[0, -1] == 0  # training rows are right-padded
 
 
-def test_visual_placeholders_follow_the_template_prefix(processor) -> None:
-    batch = AMTCollator(processor, "train")([_example(processor, "q", "Joy.", frames=3)])
-    seg = ChatSegments.from_tokenizer(processor.tokenizer)
-    ids = batch["input_ids"][0].tolist()
+def test_visual_placeholders_come_first_in_the_user_turn(processor) -> None:
+    batch = AMTCollator(processor, "train")([_example("q", "Joy.", frames=3)])
+    ids = batch["inputs"]["input_ids"][0].tolist()
     n = 3 * processor.tokens_per_image
-    assert ids[: len(seg.prefix)] == seg.prefix
-    assert ids[len(seg.prefix): len(seg.prefix) + n] == [processor.image_token_id] * n
+    prefix = processor.tokenize("<|user|>\n")
+    assert ids[: len(prefix)] == prefix
+    assert ids[len(prefix): len(prefix) + n] == [processor.image_token_id] * n
     assert ids.count(processor.image_token_id) == n
-    assert batch["pixel_values"].shape[0] == 3
+    assert batch["inputs"]["pixel_values"].shape == (3, 3, processor.image_size, processor.image_size)
 
 
 def test_generate_mode_pads_left_and_stops_at_the_assistant_header(processor) -> None:
     tok = processor.tokenizer
-    batch = AMTCollator(processor, "generate")([_example(processor, "short", "Joy."),
-                                                 _example(processor, "a rather longer query here", "Joy.")])
-    mask = batch["attention_mask"]
+    batch = AMTCollator(processor, "generate")([_example("short", "Joy."), _example("a rather longer query here", "Joy.")])
+    mask = batch["inputs"]["attention_mask"]
     assert mask[0, 0] == 0 and mask[1, 0] == 1 and mask[:, -1].all()
-    assert (batch["labels"] == IGNORE_INDEX).all()
-    tail = tok.decode(batch["input_ids"][0, -3:].tolist())
-    assert tail.endswith("<|assistant|>\n")
+    assert batch["labels"] is None
+    assert tok.decode(batch["inputs"]["input_ids"][0, -3:].tolist()).endswith("<|assistant|>\n")
 
 
-def test_long_prompt_is_truncated_from_the_left_and_counted(processor) -> None:
-    short = replace(processor, max_length=2 * processor.tokens_per_image + 30)
-    words = " ".join(f"turn{i}" for i in range(200))
-    batch = AMTCollator(short, "train")([_example(short, words + " final question", "Joy."),
-                                          _example(short, "fine", "Joy.")])
-    assert batch["num_truncated"] == 1
-    assert batch["input_ids"].shape[1] <= short.max_length
-    text = short.tokenizer.decode(batch["input_ids"][0].tolist())
-    assert "final question" in text and "turn0 " not in text
+def _dialogue(turns: int) -> AMTRecord:
+    context = [Utterance(turn=k, speaker="Ross", text=f"utterance number {k} " * 3, emotion="neutral")
+               for k in range(1, turns)]
+    return AMTRecord(id="dia1_utt40", source="ecf", split="train", text="I cannot believe it!", speaker="Rachel", dialogue_id="1",
+                     turn=turns, context=context, labels=AMTLabels(emotion="surprise", cause_pairs=[(turns, turns, "surprise")]),
+                     frames=[Image.new("RGB", (64, 64))] * 4)
 
 
-def test_no_room_for_the_query_names_the_record(processor) -> None:
-    tiny_ctx = replace(processor, max_length=processor.tokens_per_image)
-    with pytest.raises(ValueError, match="record r9 .* exceed the context of"):
-        AMTCollator(tiny_ctx)([_example(tiny_ctx, "q", "Joy.", frames=2, rid="r9")])
+def test_long_dialogue_loses_its_oldest_turns_not_the_instruction() -> None:
+    """Cutting from the left of the query removed the ECPE instruction before any dialogue turn."""
+    processor = create_backbone("tiny", max_length=420).processor
+    task = get_task("ecpe")
+    ex = make_example(_dialogue(40), task, processor, num_frames=4, seed=0)
+    assert ex["truncated"]
+    assert ex["query"].startswith(task.template.split("{")[0])            # the instruction stays
+    assert "The emotion-cause indices of the target utterance are:" in ex["query"]  # and the answer format
+    assert "40_surprise. Rachel: I cannot believe it!" in ex["query"]      # and the target
+    assert "1_neutral." not in ex["query"] and "39_neutral." in ex["query"]  # the oldest turns went first
+    batch = AMTCollator(processor, "train")([ex])
+    assert batch["inputs"]["input_ids"].shape[1] <= 420 and batch["num_truncated"] == 1
+
+
+def test_no_room_even_without_context_names_the_record() -> None:
+    processor = create_backbone("tiny", max_length=40).processor
+    with pytest.raises(ValueError, match="record dia1_utt40 \\(ecpe\\): the prompt does not fit the context of 40"):
+        make_example(_dialogue(3), get_task("ecpe"), processor, num_frames=4, seed=0)
 
 
 def test_bad_mode_is_rejected(processor) -> None:

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
+from emoverse import AMTDataModule, EmoVerseModule, evaluation, make_demo_amt
 from emoverse.data.collator import AMTCollator
 from emoverse.data.faces import draw_face
 from emoverse.data.record import EMOTIONS
@@ -54,9 +54,8 @@ def module() -> EmoVerseModule:
 
 
 def datamodule(path: Path, module: EmoVerseModule, **kwargs: Any) -> AMTDataModule:
-    dm = AMTDataModule(str(path), eval_batch_size=kwargs.pop("eval_batch_size", 8), **kwargs)
-    dm.configure(module.backbone.processor, module.tasks)
-    return dm
+    return AMTDataModule(str(path), eval_batch_size=kwargs.pop("eval_batch_size", 8), processor=module.processor,
+                         tasks=module.tasks, **kwargs)
 
 
 def trainer() -> pl.Trainer:
@@ -74,25 +73,25 @@ def mixed_examples(path: Path, module: EmoVerseModule) -> list[dict[str, Any]]:
 def test_batched_generation_equals_one_at_a_time(small_amt, module):
     module.eval()
     examples = mixed_examples(small_amt, module)
-    collate = AMTCollator(module.backbone.processor, "generate")
+    collate = AMTCollator(module.processor, "generate")
     batch = collate(examples)
-    lengths = batch["attention_mask"].sum(1)
+    lengths = batch["inputs"]["attention_mask"].sum(1)
     assert len(set(lengths.tolist())) >= 4  # prompts of mixed lengths: real left padding
 
     calls: list[dict[str, Any]] = []
-    llm = module.backbone.llm.get_base_model()
+    llm = module.backbone.core.llm
     hook = llm.register_forward_pre_hook(lambda _, args, kw: calls.append(kw), with_kwargs=True)
-    try:
-        batched = module.evaluator.generate(batch)  # rows stop at their own task's budget, as singles do
+    try:  # rows stop at their own task's budget, as singles do
+        batched = evaluation.generate(module.backbone, batch, module.tasks)
     finally:
         hook.remove()
-    singles = [module.evaluator.generate(collate([ex]))[0] for ex in examples]
+    singles = [evaluation.generate(module.backbone, collate([ex]), module.tasks)[0] for ex in examples]
     assert batched == singles
     assert any(batched)
 
     # Position ids count real tokens only (left pads do not shift them) and continue while decoding.
     prefill, step = calls[0]["position_ids"], calls[1]["position_ids"]
-    width = batch["attention_mask"].shape[1]
+    width = batch["inputs"]["attention_mask"].shape[1]
     for row, n in enumerate(lengths.tolist()):
         assert prefill[row, width - n:].tolist() == list(range(n))
         assert step[row].tolist() == [n]
@@ -110,14 +109,14 @@ def test_validate_logs_every_task_metric(small_amt, module):
 
 def oracle_on_even_rows(module: EmoVerseModule, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every other row answers with its gold response, so scores are not all zero and ECPE parses."""
-    real = module.evaluator.generate
+    real = evaluation.generate
 
-    def generate(batch: dict[str, Any], max_new_tokens: int | None = None) -> list[str]:
-        texts = real(batch, max_new_tokens)
+    def generate(backbone: Any, batch: dict[str, Any], tasks: Any, max_new_tokens: int | None = None) -> list[str]:
+        texts = real(backbone, batch, tasks, max_new_tokens)
         return [module.tasks[t].response(r) if i % 2 == 0 else x
                 for i, (t, r, x) in enumerate(zip(batch["tasks"], batch["records"], texts, strict=True))]
 
-    monkeypatch.setattr(module.evaluator, "generate", generate)
+    monkeypatch.setattr(evaluation, "generate", generate)
 
 
 def test_test_jsonl_rescored_offline_matches_logged(small_amt, module, tmp_path, monkeypatch):
@@ -155,7 +154,7 @@ def test_predict_returns_parsed_rows(small_amt, module):
         if r["task"] in ("msa", "mer", "fer", "eri"):
             assert r["prediction"] == module.tasks[r["task"]].parse(r["generation"])
         else:
-            assert r["prediction"] is None or isinstance(r["prediction"], ECPEAnswer)
+            assert r["prediction"] is None or set(r["prediction"]) == {"pairs", "ignored"}  # JSON data
 
 
 @pytest.mark.parametrize("kind", ["empty", "garbage"])
@@ -163,11 +162,11 @@ def test_unreadable_generations_count_as_unparsed(small_amt, module, monkeypatch
     if kind == "empty":  # the LLM stops at once: every decoded answer is ""
         def generate(**kw: Any) -> torch.Tensor:
             return torch.full((kw["inputs_embeds"].shape[0], 1), kw["eos_token_id"][0])
-        monkeypatch.setattr(module.backbone.llm, "generate", generate)
+        monkeypatch.setattr(module.backbone.core.llm, "generate", generate)
     else:
         junk = {"msa": ["Negative. " * 300, "42 17"], "mer": ["\x00\ufffd", "-1"], "fer": ["   "], "eri": [""],
                 "ecpe": ["blah ¿?", "7_joy,99"]}  # "7_joy,99": a pair whose cause is out of range
-        monkeypatch.setattr(module.evaluator, "generate", lambda batch, max_new_tokens=None: [
+        monkeypatch.setattr(evaluation, "generate", lambda backbone, batch, tasks, max_new_tokens=None: [
             junk[t][i % len(junk[t])] for i, t in enumerate(batch["tasks"])])
     dm = datamodule(small_amt, module, max_eval_per_task=6)
     results = trainer().validate(module, dm)[0]
@@ -201,11 +200,11 @@ def test_analyze_ecpe_uses_context_and_mer_emotion(module, monkeypatch):
     asked: list[list[str]] = []
     answers = {"msa": "Positive.", "mer": "Happy.", "ecpe": "3_joy,1;3_joy,3"}
 
-    def generate(batch: dict[str, Any], max_new_tokens: int | None = None) -> list[str]:
+    def generate(backbone: Any, batch: dict[str, Any], tasks: Any, max_new_tokens: int | None = None) -> list[str]:
         asked.append(batch["queries"])
         return [answers[t] for t in batch["tasks"]]
 
-    monkeypatch.setattr(module.evaluator, "generate", generate)
+    monkeypatch.setattr(evaluation, "generate", generate)
     context = [{"speaker": "Ross", "text": "Guess what, I got the job.", "emotion": "neutral"},
                {"speaker": "Rachel", "text": "Really?", "emotion": "surprise"}]
     out = module.analyze(clip(), "I am so happy about it.", tasks=["msa", "ecpe"], speaker="Ross", context=context)

@@ -15,6 +15,7 @@ import functools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -190,6 +191,10 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
         """Greedy, KV-cached generation from left-padded prompts: the new token ids `[B, T]`."""
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """Write the model with LoRA merged as a folder `transformers` loads (`emoverse export`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement save_pretrained, so it cannot be exported")
 
     # parts, LoRA, trainability ---------------------------------------------------------------
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from torch import nn
 from torchvision.transforms import v2
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -223,6 +225,17 @@ class ComposedBackbone(Backbone):
             attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False,
             use_cache=True, eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id,
         )
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """Write the language model with LoRA merged and its tokenizer (a folder `AutoModelForCausalLM`
+        loads), plus `projector.safetensors` and `vision.safetensors`."""
+        out = Path(out_dir)
+        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        model.llm.save_pretrained(out, safe_serialization=True)
+        self.processor.tokenizer.save_pretrained(out)
+        for name in ("projector", "vision"):
+            weights = {k: v.detach().cpu().contiguous() for k, v in getattr(model, name).state_dict().items()}
+            save_file(weights, str(out / f"{name}.safetensors"))
 
 
 def _input_size(vision: nn.Module) -> int:
