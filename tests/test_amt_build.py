@@ -271,3 +271,10 @@ def test_emoverse_fit_trains_on_the_build(built, tmp_path: Path) -> None:
     with (run / "metrics.csv").open() as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_worker_processes_write_the_same_shards(built, tmp_path: Path) -> None:
+    root, config, manifest = built
+    parallel = build_amt(_config({**config, "output": str(tmp_path / "amt"), "workers": 2}), progress=False)
+    assert shard_hashes(tmp_path / "amt") == shard_hashes(root / "amt")
+    assert parallel["table1"] == manifest["table1"]

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +239,10 @@ def build_amt(config: AMTBuildConfig, progress: bool = True) -> dict[str, Any]:
             builder(job)
             bar.update()
     else:
-        with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn"),
+        # fork starts a worker in milliseconds; CUDA (ERI on a GPU) needs spawn, which re-imports torch per worker
+        cuda = config.eri is not None and config.eri.device.startswith("cuda")
+        method = "spawn" if cuda or "fork" not in get_all_start_methods() else "fork"
+        with ProcessPoolExecutor(config.workers, mp_context=get_context(method),
                                  initializer=_init_worker, initargs=(config,)) as pool:
             for _ in pool.map(_run_job, todo):
                 bar.update()
