@@ -319,3 +319,30 @@ def test_shipped_configs_turn_the_report_on(monkeypatch: pytest.MonkeyPatch) -> 
         config = ParseOnly(EmoVerseModule, AMTDataModule, args=args, run=False, **cli_kwargs()).config
         names = [c.class_path for c in config.trainer.callbacks]
         assert names.count("emoverse.report.RunReport") == 1, (path, names)
+
+
+@pytest.mark.slow
+def test_report_of_a_short_real_run(tmp_path: Path) -> None:
+    """The tiny model through two stages and a test: the fit and test pages have every section and image."""
+    from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
+
+    make_demo_amt(tmp_path / "amt", seed=0, num_monologues=60, num_dialogues=16)
+    stages = [Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1),
+              Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, samples_per_epoch=24, epochs=1)]
+    torch.manual_seed(0)
+    module = EmoVerseModule("tiny", lr=3e-3)
+    data = AMTDataModule(str(tmp_path / "amt"), batch_size=8, eval_batch_size=16, max_eval_per_task=4)
+    kwargs = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
+              "logger": CSVLogger(tmp_path / "runs"), "log_every_n_steps": 1, "use_distributed_sampler": False}
+    trainer = pl.Trainer(max_epochs=2, callbacks=[MultiStageCurriculum(stages), RunReport()],
+                         enable_checkpointing=False, **kwargs)
+    trainer.fit(module, data)
+    fit_page = check_page(Path(trainer.log_dir) / "report.html")
+    assert {"loss", "task_mix", "validation"} <= {Path(s).stem for s in fit_page.images}
+
+    tester = pl.Trainer(callbacks=[RunReport()], **kwargs)
+    tester.test(module, data)
+    test_page = check_page(Path(tester.log_dir) / "report.html")
+    assert {"mer_confusion", "mer_f1", "msa"} <= {Path(s).stem for s in test_page.images}
+    text = (Path(tester.log_dir) / "report.html").read_text()
+    assert "synthetic demo AMT" in text and "<h3>FER" in text and "<h3>ERI" in text

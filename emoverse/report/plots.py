@@ -133,6 +133,12 @@ def _detail(metric: str) -> bool:
 def confusion_figure(confusion: Confusion, title: str) -> Figure:
     """A confusion matrix as a heat map, counts in the cells."""
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(confusion.columns), 0.9 + 0.6 * len(confusion.labels)))
+    _heatmap(ax, confusion, title)
+    fig.tight_layout()
+    return fig
+
+
+def _heatmap(ax: plt.Axes, confusion: Confusion, title: str) -> None:
     ax.imshow(confusion.matrix, cmap="Blues")
     peak = max((v for row in confusion.matrix for v in row), default=0)
     for i, row in enumerate(confusion.matrix):
@@ -144,8 +150,6 @@ def confusion_figure(confusion: Confusion, title: str) -> Figure:
     ax.set_xlabel("answer")
     ax.set_ylabel("gold")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def f1_figure(scores: dict[str, float], title: str) -> Figure:
@@ -168,16 +172,7 @@ def f1_figure(scores: dict[str, float], title: str) -> Figure:
 def sentiment_figure(sentiment: Sentiment) -> Figure:
     """MSA: polarity confusion (left) and the gold scores of right and wrong answers (right)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [1, 1.4]})
-    c = sentiment.confusion
-    left.imshow(c.matrix, cmap="Blues")
-    for i, row in enumerate(c.matrix):
-        for j, value in enumerate(row):
-            left.text(j, i, str(value), ha="center", va="center", fontsize=9)
-    left.set_xticks(range(len(c.columns)), c.columns, rotation=20)
-    left.set_yticks(range(len(c.labels)), c.labels)
-    left.set_xlabel("answer")
-    left.set_ylabel("gold")
-    left.set_title("polarity (Acc2 N/N split)", fontsize=10)
+    _heatmap(left, sentiment.confusion, "polarity (Acc2 N/N split)")
     bins = [x / 2 for x in range(-6, 7)]
     right.hist([sentiment.correct_scores, sentiment.wrong_scores], bins=bins, stacked=True,
                label=["right polarity", "wrong or unparsed"], color=["#74c476", "#fb6a4a"])
