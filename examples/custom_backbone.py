@@ -9,20 +9,38 @@ Train it with the quickstart config by changing only the backbone entry (docs/ba
           init_args: {channels: 32}
 
 and `PYTHONPATH=examples emoverse fit --config my_quickstart.yaml`.
+
+The class implements the three abstract methods of `emoverse.backbones.Backbone` (`part_paths`,
+`logits`, `generate_ids`) and sets `model` and `processor`; it reuses emoverse's composed
+pieces for the placeholder scatter and the image preprocessing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from emoverse.backbones import Backbone, Processor
+from emoverse.backbones import Backbone
+from emoverse.backbones.composed import ComposedModel, ComposedProcessor
 from emoverse.backbones.tiny import tiny_tokenizer
 
 
+class ConvEncoder(nn.Module):
+    """Two strided convolutions: a frame of side S becomes (S/16)² feature vectors."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, channels, 4, stride=4), nn.GELU(), nn.Conv2d(channels, channels, 4, stride=4))
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:  # the method ComposedModel calls
+        return self.net(pixel_values).flatten(2).transpose(1, 2)            # [N, tokens, channels]
+
+
 class ConvBackbone(Backbone):
-    """Two strided convolutions turn each frame into a (side/16)² grid of visual tokens.
+    """A CNN encoder → linear projector → causal LM.
 
     Args:
         image_size: frame side in pixels (a multiple of 16).
@@ -41,23 +59,28 @@ class ConvBackbone(Backbone):
                 tie_word_embeddings=True, initializer_range=0.1,
             ))
         else:
-            from emoverse.backbones.composed import load_llm
-
-            llm, tokenizer = load_llm(llm_path)
-        self.vision = nn.Sequential(nn.Conv2d(3, channels, 4, stride=4), nn.GELU(),
-                                    nn.Conv2d(channels, channels, 4, stride=4))
-        self.projector = nn.Linear(channels, llm.config.hidden_size)
-        self.llm = llm
-        self.processor = Processor(
-            tokenizer=tokenizer, image_token="<image>", tokens_per_image=(image_size // 16) ** 2,
-            image_size=image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-            max_length=llm.config.max_position_embeddings,
+            llm, tokenizer = AutoModelForCausalLM.from_pretrained(llm_path), AutoTokenizer.from_pretrained(llm_path)
+            tokenizer.add_tokens(["<image>"], special_tokens=True)
+            llm.resize_token_embeddings(len(tokenizer))
+        self.processor = ComposedProcessor(
+            tokenizer, "<image>", tokens_per_image=(image_size // 16) ** 2, image_size=image_size,
+            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), max_length=llm.config.max_position_embeddings,
         )
-        self.freeze(("projector",))
+        projector = nn.Linear(channels, llm.config.hidden_size)
+        self.model = ComposedModel(ConvEncoder(channels), projector, llm, self.processor.image_token_id)
+        self.set_trainable(["projector"])
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        grid = self.vision(pixel_values)                      # [N, C, side/16, side/16]
-        return self.projector(grid.flatten(2).transpose(1, 2))  # [N, tokens, hidden]
+    def part_paths(self) -> dict[str, str]:
+        # by module path: LoRA goes only on linear layers under "llm.model"
+        return {"vision": "vision", "projector": "projector", "language_model": "llm.model"}
 
-    def lora_target_modules(self) -> list[str]:
-        return ["q_proj", "k_proj", "v_proj", "o_proj"]
+    def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        return self.core(**inputs, logits_to_keep=keep).logits
+
+    def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        core, proc = self.core, self.processor
+        return core.llm.generate(
+            inputs_embeds=core.embed(inputs["input_ids"], inputs.get("pixel_values")),
+            attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id,
+        )
