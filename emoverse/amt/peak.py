@@ -1,4 +1,4 @@
-"""FER peak frames from OpenFace 2.x action-unit tables (the paper's Eq. 1-2), vectorised with pandas.
+"""FER peak frames from OpenFace 2.x action-unit tables (the paper's Eq. 1-2): pandas parses, numpy computes.
 
 S_f = Σ_i AU_i(f) over the AU intensities (`AUxx_r`) of frame f; the peak is the argmax. With
 several faces (OpenFace's `face_id`, MELD scenes), each face's best frame is found and the face
@@ -60,7 +60,10 @@ def check_openface_table(table: pd.DataFrame, where: str) -> pd.DataFrame:
         raise ValueError(f"{where}: not an OpenFace AU table; missing columns {missing or ['AUxx_r']} "
                          f"(expected {list(REQUIRED_COLUMNS)} and AUxx_r intensities)")
     cols = [*REQUIRED_COLUMNS, *(["timestamp"] if "timestamp" in table.columns else []), *intensities, *presences]
-    numeric = table[cols].apply(pd.to_numeric, errors="coerce")
+    numeric = table[cols]
+    if not all(pd.api.types.is_float_dtype(t) or pd.api.types.is_integer_dtype(t) for t in numeric.dtypes):
+        numeric = numeric.apply(pd.to_numeric, errors="coerce")
+    numeric = numeric.astype(np.float64)
     bad = numeric.isna().any(axis=1).to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -74,7 +77,13 @@ def read_openface_csv(csv_path: str | Path) -> pd.DataFrame:
     """Read one OpenFace 2.x CSV (`FeatureExtraction`, or `FaceLandmarkVidMulti` with ", " separators)."""
     path = Path(csv_path)
     try:
-        table = pd.read_csv(path, skipinitialspace=True, dtype=str)
+        header = [c.strip() for c in pd.read_csv(path, skipinitialspace=True, nrows=0).columns]
+        intensities, presences = au_columns(header)
+        wanted = {*REQUIRED_COLUMNS, "timestamp", *intensities, *presences}
+        try:  # the fast path: only the columns used, parsed as numbers by the C reader
+            table = pd.read_csv(path, skipinitialspace=True, usecols=lambda c: c.strip() in wanted, dtype=np.float64)
+        except ValueError:  # a value is not a number (or a column is missing): read as text to name the line
+            table = pd.read_csv(path, skipinitialspace=True, dtype=str)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a readable CSV ({err})") from err
     return check_openface_table(table, str(path))
@@ -93,27 +102,35 @@ def peak_of(table: pd.DataFrame, min_confidence: float = 0.0, where: str = "Open
     Raises:
         ValueError: no usable row.
     """
+    def column(name: str) -> np.ndarray:
+        return table[name].to_numpy(dtype=np.float64)
+
+    keep = np.ones(len(table), dtype=bool)
     if start is not None or end is not None:
-        ts = table["timestamp"]
-        table = table[(ts >= (start if start is not None else -np.inf)) & (ts <= (end if end is not None else np.inf))]
-    failed = table["success"].to_numpy() != 1
-    low = ~failed & (table["confidence"].to_numpy() < min_confidence)
+        ts = column("timestamp")
+        keep = (ts >= (start if start is not None else -np.inf)) & (ts <= (end if end is not None else np.inf))
+    failed = keep & (column("success") != 1)
+    low = keep & ~failed & (column("confidence") < min_confidence)
     skipped = {"failed": int(failed.sum()), "low_confidence": int(low.sum())}
-    usable = table[~failed & ~low]
-    if usable.empty:
+    rows = np.flatnonzero(keep & ~failed & ~low)
+    if len(rows) == 0:
         raise ValueError(f"{where}: no usable row (skipped {skipped})")
-    intensities, presences = au_columns(list(usable.columns))
-    scores = pd.Series(usable[intensities].to_numpy().sum(axis=1), index=usable.index)
-    faces = usable["face_id"].to_numpy().astype(np.int64)
-    best_rows = scores.groupby(faces, sort=False).idxmax()  # per face: its first highest-scoring row (Eq. 1)
-    face_scores = scores[best_rows.to_numpy()].to_numpy()
-    winner = int(np.argmax(face_scores))  # the face seen first among equal bests (Eq. 2)
-    row = usable.loc[best_rows.iloc[winner]]
+    intensities, presences = au_columns(list(table.columns))
+    scores = table[intensities].to_numpy(dtype=np.float64).sum(axis=1)[rows]  # S_f (Eq. 1)
+    faces = column("face_id")[rows].astype(np.int64)
+    order, first = np.unique(faces, return_index=True)
+    face_scores: dict[int, float] = {}
+    best_row: dict[int, int] = {}
+    for face in order[np.argsort(first)]:  # a loop over faces (a handful), not rows; faces in order of appearance
+        members = np.flatnonzero(faces == face)
+        k = members[np.argmax(scores[members])]  # the face's first highest-scoring row
+        face_scores[int(face)], best_row[int(face)] = float(scores[k]), int(rows[k])
+    winner = max(face_scores, key=face_scores.__getitem__)  # the face seen first among equal bests (Eq. 2)
+    row = table.iloc[best_row[winner]]
     active = [int(c[2:4]) for c in presences if row[c] == 1]
-    return PeakFrame(frame=int(row["frame"]), face_id=int(best_rows.index[winner]), score=float(face_scores[winner]),
-                     active_aus=active, skipped=skipped,
-                     timestamp=float(row["timestamp"]) if "timestamp" in usable.columns else None,
-                     face_scores={int(f): float(s) for f, s in zip(best_rows.index, face_scores)})
+    return PeakFrame(frame=int(row["frame"]), face_id=winner, score=face_scores[winner], active_aus=active,
+                     skipped=skipped, timestamp=float(row["timestamp"]) if "timestamp" in table.columns else None,
+                     face_scores=face_scores)
 
 
 def peak_frame(csv_path: str | Path, min_confidence: float = 0.0) -> PeakFrame:
