@@ -278,3 +278,11 @@ def test_worker_processes_write_the_same_shards(built, tmp_path: Path) -> None:
     parallel = build_amt(_config({**config, "output": str(tmp_path / "amt"), "workers": 2}), progress=False)
     assert shard_hashes(tmp_path / "amt") == shard_hashes(root / "amt")
     assert parallel["table1"] == manifest["table1"]
+
+
+def test_example_config_parses() -> None:
+    from emoverse.amt.cli import parse_config
+
+    config, _ = parse_config(["--config", str(Path(__file__).resolve().parents[1] / "examples" / "amt" / "amt.yaml")])
+    assert isinstance(config.meld, MELDSource) and config.eri.describer_kind == "vlm"
+    assert config.meld.videos["val"].endswith("dev_splits_complete")
