@@ -233,6 +233,12 @@ def test_rerun_skips_finished_shards_and_an_interrupted_build_ends_identical(bui
     shards[2].unlink()
     build_amt(_config(config), progress=False)
     assert shard_hashes(amt) == before
+    # a changed setting rebuilds every shard
+    build_amt(_config({**config, "jpeg_quality": 50}), progress=False)
+    after = shard_hashes(amt)
+    assert set(after) == set(before) and all(after[k] != before[k] for k in before)
+    build_amt(_config(config), progress=False)
+    assert shard_hashes(amt) == before
 
 
 def _config(raw: dict) -> AMTBuildConfig:

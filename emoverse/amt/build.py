@@ -6,14 +6,16 @@
    a unit of work: its clips are decoded (`emoverse.amt.video`), its FER labels made from the AU rows
    (`emoverse.amt.fer`), its ERI reasons generated or read from the cache (`emoverse.amt.eri`), and it
    is written to a temporary file, renamed into place, and marked done by its QC sidecar
-   (`amt-{split}-{k}.qc.json`). A rerun skips shards that are done, so a build interrupted anywhere
-   ends with the same shards as an uninterrupted one. Shards run in `workers` processes.
+   (`amt-{split}-{k}.qc.json`, with a fingerprint of the settings and record ids). A rerun skips shards
+   that are done for the same settings, so a build interrupted anywhere ends with the same shards as
+   an uninterrupted one, and a changed setting rebuilds. Shards run in `workers` processes.
 3. The manifest (`manifest.json`) sums the readers' rejections and every shard's QC; `qc.jsonl` lists
    each dropped record and removed label with its origin (file and line) and reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -177,7 +179,7 @@ class ShardBuilder:
         os.replace(tmp, job.path)
         result = {"split": job.split, "shard": job.path.name, "records": len(records),
                   "sources": dict(Counter(r.source for r in records)), "labels": label_counts(records),
-                  "qc": log.to_dict()}
+                  "qc": log.to_dict(), "fingerprint": fingerprint(self.config, job)}
         side_tmp = job.sidecar.with_name(f".{job.sidecar.name}.tmp")
         side_tmp.write_text(json.dumps(result, ensure_ascii=False))
         os.replace(side_tmp, job.sidecar)  # the sidecar marks the shard done
@@ -231,7 +233,7 @@ def build_amt(config: AMTBuildConfig, progress: bool = True) -> dict[str, Any]:
     log = QCLog()
     jobs, read = plan_shards(config, log)
     _remove_stale_shards(out, jobs)
-    todo = [j for j in jobs if not (j.path.is_file() and j.sidecar.is_file())]
+    todo = [j for j in jobs if not _done(j, config)]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="AMT shards", unit="shard", disable=not progress)
     if config.workers == 1 or len(todo) <= 1:
         builder = ShardBuilder(config)
@@ -248,6 +250,24 @@ def build_amt(config: AMTBuildConfig, progress: bool = True) -> dict[str, Any]:
                 bar.update()
     bar.close()
     return write_manifest(config, jobs, read, log)
+
+
+def fingerprint(config: AMTBuildConfig, job: ShardJob) -> str:
+    """What a shard's content depends on: the build settings (not `workers`) and its records' ids."""
+    settings = {k: v for k, v in _jsonable(asdict(config)).items() if k != "workers"}
+    settings["au_extractor"] = type(config.au_extractor).__qualname__ if config.au_extractor else None
+    ids = [c.record.id for c in job.candidates]
+    return hashlib.sha256(json.dumps([settings, ids], sort_keys=True).encode()).hexdigest()
+
+
+def _done(job: ShardJob, config: AMTBuildConfig) -> bool:
+    """A shard is done when it and its sidecar exist and the sidecar was written for the same settings and records."""
+    if not (job.path.is_file() and job.sidecar.is_file()):
+        return False
+    try:
+        return json.loads(job.sidecar.read_text()).get("fingerprint") == fingerprint(config, job)
+    except json.JSONDecodeError:
+        return False
 
 
 _WORKER: ShardBuilder | None = None
