@@ -39,6 +39,7 @@ from emoverse.amt.sources.ecf import ECFSource
 from emoverse.amt.sources.meld import MELDSource
 from emoverse.amt.sources.mosei import MOSEISource
 from emoverse.amt.video import MediaError, read_clip
+from emoverse.data.record import AMTRecord
 
 TASK_LABELS: dict[str, str] = {"msa": "sentiment", "mer": "emotion", "fer": "au_caption", "eri": "reason",
                                "ecpe": "cause_pairs"}
@@ -171,8 +172,9 @@ class ShardBuilder:
                 log.remove(r.id, r.source, r.split, reason, c.origin, LABEL_REMOVALS[reason])
         records = [r for c in job.candidates if (r := self._media(c, log)) is not None]
         if self.eri is not None:
+            by_id = {r.id: r for r in records}
             for rid, reason in self.eri.reasons(records).items():
-                next(r for r in records if r.id == rid).labels.reason = reason
+                by_id[rid].labels.reason = reason
         job.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = job.path.with_name(f".{job.path.name}.tmp")
         write_tar(records, tmp)
@@ -185,7 +187,8 @@ class ShardBuilder:
         os.replace(side_tmp, job.sidecar)  # the sidecar marks the shard done
         return result
 
-    def _media(self, c: Candidate, log: QCLog) -> Any:
+    def _media(self, c: Candidate, log: QCLog) -> AMTRecord | None:
+        """The candidate's record with its frames, peak frame and FER caption; None when its media are missing or unreadable."""
         r = c.record
         if c.clip is None:
             return r
@@ -209,7 +212,7 @@ class ShardBuilder:
         return r
 
 
-def write_tar(records: Iterable[Any], path: Path) -> None:
+def write_tar(records: Iterable[AMTRecord], path: Path) -> None:
     """One shard in the `emoverse.data.shards` layout (`{id}.json`, `{id}.f{k}.jpg`), byte-for-byte
     reproducible (fixed member order, mtime, owner)."""
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -222,7 +225,7 @@ def write_tar(records: Iterable[Any], path: Path) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def label_counts(records: Sequence[Any]) -> dict[str, int]:
+def label_counts(records: Sequence[AMTRecord]) -> dict[str, int]:
     return {task: sum(getattr(r.labels, f) is not None for r in records) for task, f in TASK_LABELS.items()}
 
 

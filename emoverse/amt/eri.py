@@ -18,7 +18,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -202,6 +202,3 @@ def _pick_frames(record: AMTRecord, num_frames: int) -> list[Image.Image]:
     chosen = [record.frames[int(step * k)] for k in range(min(num_frames, len(record.frames)))]
     return [Image.open(io.BytesIO(f)).convert("RGB") if isinstance(f, bytes) else f for f in chosen]
 
-
-def config_dict(config: ERIConfig) -> dict[str, Any]:
-    return asdict(config)
