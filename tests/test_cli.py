@@ -55,20 +55,24 @@ def test_quickstart_fit_logs_and_checkpoints_trainable_weights_only(demo_amt: Pa
     assert len(rows) == 32 and set(rows[0]) == {"id", "task", "prompt", "generation", "prediction"}
 
 
-def test_user_backbone_trains_with_only_the_backbone_entry_changed(
-    demo_amt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("backbone", [
+    {"class_path": "custom_backbone.ConvBackbone", "init_args": {"channels": 16}},  # the user's own subclass
+    "tiny_llava",  # a transformers-native LLaVA through HFVisionLanguageBackbone
+])
+def test_other_backbones_train_with_only_the_backbone_entry_changed(
+    backbone: str | dict, demo_amt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.syspath_prepend(str(REPO / "examples"))
     config = yaml.safe_load(QUICKSTART.read_text())
-    config["model"]["init_args"]["backbone"] = {"class_path": "custom_backbone.ConvBackbone",
-                                                "init_args": {"channels": 16}}
+    config["model"]["init_args"]["backbone"] = backbone
     mine = tmp_path / "my_quickstart.yaml"
     mine.write_text(yaml.safe_dump(config))
     run = _fit(mine, demo_amt, tmp_path / "runs", "--trainer.log_every_n_steps", "1")
     losses = _losses(run)
     assert len(losses) == EPOCHS * 3 and all(torch.isfinite(torch.tensor(losses)))
     hp = yaml.safe_load((run / "hparams.yaml").read_text())
-    assert hp["backbone"]["class_path"] == "custom_backbone.ConvBackbone"
+    name = hp["backbone"] if isinstance(backbone, str) else hp["backbone"]["class_path"]
+    assert name == (backbone if isinstance(backbone, str) else backbone["class_path"])
 
 
 def test_unknown_yaml_key_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
