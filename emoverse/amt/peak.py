@@ -80,8 +80,9 @@ def read_openface_csv(csv_path: str | Path) -> pd.DataFrame:
         header = [c.strip() for c in pd.read_csv(path, skipinitialspace=True, nrows=0).columns]
         intensities, presences = au_columns(header)
         wanted = {*REQUIRED_COLUMNS, "timestamp", *intensities, *presences}
-        try:  # the fast path: only the columns used, parsed as numbers by the C reader
-            table = pd.read_csv(path, skipinitialspace=True, usecols=lambda c: c.strip() in wanted, dtype=np.float64)
+        try:  # the fast path: only the columns used, parsed as numbers by the C reader (which skips the
+            # spaces of ", " itself: `skipinitialspace` would cost a third of the time); no NA markers
+            table = pd.read_csv(path, usecols=lambda c: c.strip() in wanted, dtype=np.float64, na_filter=False)
         except ValueError:  # a value is not a number (or a column is missing): read as text to name the line
             table = pd.read_csv(path, skipinitialspace=True, dtype=str)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
