@@ -1,37 +1,96 @@
-"""Full-size presets in the paper's shape. Creating one loads weights from the hub ids it names.
+"""The paper's models: EmoVerse-4B = InternVL2-4B and EmoVerse-8B = InternVL2-8B, whole pretrained MLLMs.
 
-They are composed backbones (a timm vision encoder + a linear projector + an LLM), the
-architecture of the paper's Figure 3; the projector starts from random weights and is trained.
+Both are InternViT-300M-448px → pixel shuffle (0.5) + the trained MLP projector → an LLM, loaded
+through the transformers-native InternVL classes from a converted checkpoint folder (see
+docs/backbones.md, "The paper's models"); with `pretrained=False` they build from the released
+configurations with random weights, on the `meta` device by default, so their architecture and
+parameter counts can be checked without a download (as timm's `create_model(pretrained=False)`).
+
+Architecture numbers are those of the released `config.json` files of OpenGVLab/InternVL2-4B
+(Phi-3-mini-128k-instruct, vocabulary 32,020) and OpenGVLab/InternVL2-8B (InternLM2.5-7B-chat,
+vocabulary 92,553, expressed as the Llama architecture it is equivalent to).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from emoverse.backbones.composed import ComposedBackbone
+import torch
+import transformers as tf
+
+from emoverse.backbones.hf_vlm import HFVisionLanguageBackbone
 from emoverse.backbones.registry import register_backbone
+from emoverse.backbones.tiny import tiny_tokenizer
+from emoverse.backbones.tiny_hf import chat_template
 
-INTERN_VIT_448 = "vit_intern300m_patch14_448.ogvl_dist"
+INTERN_VIT_300M = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                       image_size=[448, 448], patch_size=[14, 14], attention_bias=True, use_qk_norm=False,
+                       norm_type="layer_norm", use_absolute_position_embeddings=True)
+"""InternViT-300M-448px (qkv_bias true, no QK norm, layer scale)."""
+
+PHI3_MINI_128K = dict(model_type="phi3", vocab_size=32020, hidden_size=3072, intermediate_size=8192,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                      max_position_embeddings=131072, original_max_position_embeddings=4096,
+                      tie_word_embeddings=False)
+INTERNLM2_5_7B = dict(model_type="llama", vocab_size=92553, hidden_size=4096, intermediate_size=14336,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      max_position_embeddings=32768, tie_word_embeddings=False)
+IMAGE_CONTEXT_ID = {"emoverse_4b": 32013, "emoverse_8b": 92546}
+"""`<IMG_CONTEXT>` in the released tokenizers."""
+
+TOKENS_PER_TILE = 256  # (448 / 14)² patches, pixel shuffle 0.5 → 256 visual tokens per 448×448 tile
+
+
+def internvl2_config(text: dict[str, Any], image_token_id: int) -> tf.InternVLConfig:
+    """An InternVL2 configuration: InternViT-300M, pixel shuffle 0.5, MLP projector, `text` LLM."""
+    return tf.InternVLConfig(vision_config=INTERN_VIT_300M, text_config=text, image_token_id=image_token_id,
+                             downsample_ratio=0.5, projector_hidden_act="gelu", vision_feature_layer=-1,
+                             vision_feature_select_strategy="default", tie_word_embeddings=False)
+
+
+def _internvl2(name: str, text: dict[str, Any], pretrained: bool, path: str | None, device: str,
+               **kwargs: Any) -> HFVisionLanguageBackbone:
+    if pretrained:
+        if path is None:
+            raise ValueError(f"{name}(pretrained=True) needs path=<a transformers-native InternVL2 folder>: the "
+                             "released checkpoints use remote code; convert them first (docs/backbones.md), or "
+                             "pass pretrained=False for random weights")
+        kwargs.setdefault("dtype", "bfloat16")
+        return HFVisionLanguageBackbone(path, **kwargs)
+    config = internvl2_config(text, IMAGE_CONTEXT_ID[name])
+    with torch.device(device):
+        model = tf.InternVLForConditionalGeneration(config)
+    # a stand-in tokenizer and processor with the released image tiling (448 px tiles, 256 tokens each)
+    tok = tiny_tokenizer(named_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                                       "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    processor = tf.InternVLProcessor(
+        image_processor=tf.GotOcr2ImageProcessor(size={"height": 448, "width": 448}, max_patches=12,
+                                                 image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+        tokenizer=tok, video_processor=tf.InternVLVideoProcessor(), image_seq_length=TOKENS_PER_TILE,
+        chat_template=chat_template("<IMG_CONTEXT>"),
+    )
+    return HFVisionLanguageBackbone(model, processor, **kwargs)
 
 
 @register_backbone
-def emoverse_4b(**kwargs: Any) -> ComposedBackbone:
-    """EmoVerse-4B shape: InternViT-300M (448×448, frozen) → linear → Phi-3-mini (4k) with LoRA.
+def emoverse_4b(pretrained: bool = True, path: str | None = None, device: str = "meta",
+                **kwargs: Any) -> HFVisionLanguageBackbone:
+    """EmoVerse-4B: InternVL2-4B (InternViT-300M-448px → MLP → Phi-3-mini-128k), about 4.15 B parameters.
 
-    The 32×32 patch grid is pooled 2×2 to 256 tokens per frame, as InternVL2's pixel shuffle does.
+    Args:
+        pretrained: load the converted checkpoint at `path`; False builds random weights.
+        path: a transformers-native InternVL2-4B folder (converted from OpenGVLab/InternVL2-4B).
+        device: where `pretrained=False` builds the weights ("meta": shapes only, no memory).
+        kwargs: `HFVisionLanguageBackbone` arguments (dtype, quantization, max_length, ...).
     """
-    defaults: dict[str, Any] = dict(
-        vision=INTERN_VIT_448, vision_pretrained=True, llm="microsoft/Phi-3-mini-4k-instruct",
-        projector="linear", pool=2, dtype="bfloat16",
-    )
-    return ComposedBackbone(**{**defaults, **kwargs})
+    return _internvl2("emoverse_4b", PHI3_MINI_128K, pretrained, path, device, **kwargs)
 
 
 @register_backbone
-def emoverse_8b(**kwargs: Any) -> ComposedBackbone:
-    """EmoVerse-8B shape: InternViT-300M → linear → InternLM-2.5-7B-chat (ships its own code)."""
-    defaults: dict[str, Any] = dict(
-        vision=INTERN_VIT_448, vision_pretrained=True, llm="internlm/internlm2_5-7b-chat",
-        projector="linear", pool=2, dtype="bfloat16", trust_remote_code=True,
-    )
-    return ComposedBackbone(**{**defaults, **kwargs})
+def emoverse_8b(pretrained: bool = True, path: str | None = None, device: str = "meta",
+                **kwargs: Any) -> HFVisionLanguageBackbone:
+    """EmoVerse-8B: InternVL2-8B (InternViT-300M-448px → MLP → InternLM2.5-7B-chat), about 8.08 B parameters.
+
+    Args: as `emoverse_4b`, with `path` a converted OpenGVLab/InternVL2-8B folder.
+    """
+    return _internvl2("emoverse_8b", INTERNLM2_5_7B, pretrained, path, device, **kwargs)
