@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,21 +16,27 @@ from emoverse.evaluation import jsonable, rank_path
 class JSONLPredictionWriter(BasePredictionWriter):
     """Write `predict_step` rows `{id, task, prompt, generation, prediction}` as they come.
 
-    Always on in the `emoverse` CLI. Args:
+    Rows go to `{path}.partial`, renamed to `path` when the prediction epoch ends, so a run that
+    stops early leaves no file that looks complete. Always on in the `emoverse` CLI.
+
+    Args:
         path: output file; default `{log_dir}/predictions.jsonl` (one file per rank under DDP).
     """
 
     def __init__(self, path: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.path = path
+        self.written: Path | None = None
         self._file: IO[str] | None = None
+        self._partial: Path | None = None
 
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         out = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "predictions.jsonl"
         out = rank_path(out, trainer)
         out.parent.mkdir(parents=True, exist_ok=True)
-        self.written = out
-        self._file = out.open("w", encoding="utf-8")
+        self.written, self._partial = None, out.with_name(out.name + ".partial")
+        self._target = out
+        self._file = self._partial.open("w", encoding="utf-8")
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
@@ -38,5 +45,12 @@ class JSONLPredictionWriter(BasePredictionWriter):
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._file is not None:
+            self._file.close()
+            self._file = None
+            os.replace(self._partial, self._target)
+            self.written = self._target
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._file is not None:  # keep what was written, under the .partial name
             self._file.close()
             self._file = None

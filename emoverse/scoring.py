@@ -24,13 +24,19 @@ def read_rows(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     """Rows of a predictions JSONL grouped by task (blank lines skipped).
 
     Raises:
-        ValueError: a line that is not JSON, lacks a field of `REQUIRED_FIELDS` or names an
-            unregistered task; the message gives the file and line number.
+        ValueError: a file without rows, not UTF-8, or a line that is not JSON, lacks a field of
+            `REQUIRED_FIELDS` or names an unregistered task; the message gives the file and line number.
         TypeError: a line that is not a JSON object, or a `generation` that is not a string.
     """
     rows: dict[str, list[dict[str, Any]]] = {}
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: a folder; expected a predictions JSONL file (e.g. {Path(path) / 'test_predictions.jsonl'})")
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+        try:
+            lines = list(f)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); expected a predictions JSONL") from None
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
@@ -48,6 +54,9 @@ def read_rows(path: str | Path) -> dict[str, list[dict[str, Any]]]:
             if not isinstance(row["generation"], str):
                 raise TypeError(f"{where}: generation must be a string, got {type(row['generation']).__name__}")
             rows.setdefault(row["task"], []).append(row)
+    if not rows:
+        raise ValueError(f"{path}: no prediction rows (the file is empty); expected one JSON object per line "
+                         f"with {list(REQUIRED_FIELDS)}")
     return rows
 
 

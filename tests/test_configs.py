@@ -68,10 +68,14 @@ def test_config_parses(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.trainer.max_epochs == sum(s.epochs for s in stages)
     trained = {t for s in stages for t in s.ratios}
     assert trained <= set(config.model.init_args.tasks), f"stages train {sorted(trained)}"
+    # step-interval and epoch-end (stage-end) checkpoints are on in every shipped config
+    checkpoints = [c for c in config.trainer.callbacks if c.class_path.endswith("ResumableCheckpoint")]
+    assert len(checkpoints) == 1 and checkpoints[0].init_args.every_n_train_steps > 0
+    assert checkpoints[0].init_args.keep_epoch_ends is True
     if path.parent.name == "ablations":
         # the base's checkpoint settings survive the override's callbacks list
-        checkpoints = [c for c in config.trainer.callbacks if c.class_path.endswith("ModelCheckpoint")]
-        assert len(checkpoints) == 1 and checkpoints[0].init_args.save_last is True
+        checkpoints = [c for c in config.trainer.callbacks if c.class_path.endswith("ResumableCheckpoint")]
+        assert len(checkpoints) == 1 and checkpoints[0].init_args.every_n_train_steps == 200
         assert config.trainer.logger.init_args.name == path.stem
 
 

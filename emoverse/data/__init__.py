@@ -1,11 +1,37 @@
-"""AMT records, shards, the demo data, batching and the LightningDataModule."""
+"""AMT records, shards, the demo data, batching and the LightningDataModule.
 
-from emoverse.data.collator import AMTCollator
-from emoverse.data.datamodule import AMTDataModule
-from emoverse.data.dataset import AMTDataset
-from emoverse.data.demo import make_demo_amt
-from emoverse.data.record import EMOTIONS, AMTLabels, AMTRecord, Utterance
-from emoverse.data.shards import ShardIndex, stream_records, write_shards
+Names load on first use (PEP 562), so light users of `emoverse.data.record` (the offline scorer,
+the AMT builders) do not import Lightning or transformers.
+"""
 
-__all__ = ["EMOTIONS", "AMTCollator", "AMTDataModule", "AMTDataset", "AMTLabels", "AMTRecord", "ShardIndex",
-           "Utterance", "make_demo_amt", "stream_records", "write_shards"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "AMTCollator": "emoverse.data.collator",
+    "AMTDataModule": "emoverse.data.datamodule",
+    "AMTDataset": "emoverse.data.dataset",
+    "make_demo_amt": "emoverse.data.demo",
+    "EMOTIONS": "emoverse.data.record",
+    "AMTLabels": "emoverse.data.record",
+    "AMTRecord": "emoverse.data.record",
+    "Utterance": "emoverse.data.record",
+    "ShardIndex": "emoverse.data.shards",
+    "stream_records": "emoverse.data.shards",
+    "write_shards": "emoverse.data.shards",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'emoverse.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

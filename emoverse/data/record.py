@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 """The seven MELD / ECF 2.0 emotion labels, in the order used for metrics."""
 
 Source = Literal["mosei", "meld", "ecf", "demo"]
+SOURCES: tuple[str, ...] = get_args(Source)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""The splits stored in shards; an in-memory record may also be "predict" (`module.analyze`)."""
+FRAME_MODES: tuple[str, ...] = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr")
+"""8-bit PIL modes that convert to RGB without loss of meaning; 16-bit and float images are rejected."""
 LABEL_FIELDS: tuple[str, ...] = ("sentiment", "emotion", "au_caption", "reason", "cause_pairs")
 
 
@@ -77,15 +84,64 @@ class AMTRecord:
     peak_frame: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"record id {self.id!r}: expected a non-empty string")
         if "." in self.id or "/" in self.id:
             raise ValueError(f"record id {self.id!r}: '.' and '/' are not allowed (it is the shard key)")
-        if self.labels.emotion is not None and self.labels.emotion not in EMOTIONS:
-            raise ValueError(f"record {self.id}: labels.emotion={self.labels.emotion!r}, expected one of {EMOTIONS}")
-        s = self.labels.sentiment
-        if s is not None and not -3.0 <= s <= 3.0:
-            raise ValueError(f"record {self.id}: labels.sentiment={s}, expected a float in [-3, 3]")
-        if self.frames and self.peak_frame is not None and not 0 <= self.peak_frame < len(self.frames):
-            raise ValueError(f"record {self.id}: peak_frame={self.peak_frame} outside its {len(self.frames)} frames")
+        where = f"record {self.id}"
+        if self.source not in SOURCES:
+            raise ValueError(f"{where}: source={self.source!r}, expected one of {SOURCES}")
+        if self.split not in (*SPLITS, "predict"):
+            raise ValueError(f"{where}: split={self.split!r}, expected one of {SPLITS}")
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError(f"{where}: text={self.text!r}, expected the utterance as a non-empty string")
+        for name in ("speaker", "dialogue_id"):
+            _check_optional_str(where, name, getattr(self, name))
+        _check_turn(where, "turn", self.turn, optional=True)
+        for k, u in enumerate(self.context):
+            if not isinstance(u, Utterance):
+                raise ValueError(f"{where}: context[{k}] is {type(u).__name__}, expected an Utterance")
+            _check_turn(where, f"context[{k}].turn", u.turn)
+            _check_optional_str(where, f"context[{k}].speaker", u.speaker)
+            _check_optional_str(where, f"context[{k}].text", u.text)
+            if u.emotion is not None and u.emotion not in EMOTIONS:
+                raise ValueError(f"{where}: context[{k}].emotion={u.emotion!r}, expected one of {EMOTIONS}")
+        self._check_labels(where)
+        if self.peak_frame is not None:
+            if isinstance(self.peak_frame, bool) or not isinstance(self.peak_frame, int):
+                raise ValueError(f"{where}: peak_frame={self.peak_frame!r}, expected an int index into frames")
+            if self.frames and not 0 <= self.peak_frame < len(self.frames):
+                raise ValueError(f"{where}: peak_frame={self.peak_frame} outside its {len(self.frames)} frames")
+        for k, frame in enumerate(self.frames):
+            mode = getattr(frame, "mode", None)
+            if mode is not None and mode not in FRAME_MODES:
+                raise ValueError(f"{where} frame {k}: image mode {mode!r}; expected an 8-bit image, one of {FRAME_MODES} "
+                                 "(convert 16-bit or float images to 8-bit RGB yourself, with your scaling)")
+            if mode is None and not isinstance(frame, bytes):
+                raise ValueError(f"{where} frame {k}: {type(frame).__name__}; expected a PIL image or JPEG bytes")
+
+    def _check_labels(self, where: str) -> None:
+        labels = self.labels
+        if not isinstance(labels, AMTLabels):
+            raise ValueError(f"{where}: labels is {type(labels).__name__}, expected AMTLabels")
+        if labels.emotion is not None and labels.emotion not in EMOTIONS:
+            raise ValueError(f"{where}: labels.emotion={labels.emotion!r}, expected one of {EMOTIONS}")
+        s = labels.sentiment
+        if s is not None and (isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s)
+                              or not -3.0 <= s <= 3.0):
+            raise ValueError(f"{where}: labels.sentiment={s!r}, expected a float in [-3, 3]")
+        _check_optional_str(where, "labels.au_caption", labels.au_caption)
+        _check_optional_str(where, "labels.reason", labels.reason)
+        if labels.cause_pairs is not None:
+            if not isinstance(labels.cause_pairs, (list, tuple)):
+                raise ValueError(f"{where}: labels.cause_pairs={labels.cause_pairs!r}, expected a list of "
+                                 "(emotion_turn, cause_turn, emotion)")
+            for k, pair in enumerate(labels.cause_pairs):
+                ok = (isinstance(pair, (list, tuple)) and len(pair) == 3 and pair[2] in EMOTIONS
+                      and all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in pair[:2]))
+                if not ok:
+                    raise ValueError(f"{where}: labels.cause_pairs[{k}]={pair!r}, expected (emotion_turn, cause_turn, "
+                                     f"emotion) with 1-based int turns and an emotion from {EMOTIONS}")
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the frames, as JSON-ready data (the shard's `.json` member)."""
@@ -100,14 +156,42 @@ class AMTRecord:
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], frames: list[Any] | None = None, where: str = "") -> AMTRecord:
         """Rebuild a record from its `.json` member; errors name `where` (file and key) and the field."""
+        where = where or "record"
+        if not isinstance(meta, dict):
+            raise ValueError(f"{where}: metadata is {type(meta).__name__}, expected a JSON object")
         meta = dict(meta)
         meta.pop("num_frames", None)
         try:
-            labels = dict(meta.pop("labels", {}) or {})
-            if labels.get("cause_pairs") is not None:
-                labels["cause_pairs"] = [tuple(p) for p in labels["cause_pairs"]]
+            labels = meta.pop("labels", {}) or {}
+            if not isinstance(labels, dict):
+                raise TypeError(f"labels is {type(labels).__name__}, expected an object")
+            labels = dict(labels)
+            if isinstance(labels.get("cause_pairs"), list):
+                labels["cause_pairs"] = [tuple(p) if isinstance(p, list) else p for p in labels["cause_pairs"]]
             meta["labels"] = AMTLabels(**labels)
-            meta["context"] = [Utterance(**u) for u in meta.get("context", [])]
-            return cls(**meta, frames=list(frames or []))
+            context = meta.get("context") or []
+            if not isinstance(context, list) or not all(isinstance(u, dict) for u in context):
+                raise TypeError("context must be a list of objects {turn, speaker, text, emotion}")
+            meta["context"] = [Utterance(**u) for u in context]
         except TypeError as err:  # unknown or missing field
-            raise ValueError(f"{where or 'record'}: bad AMT record metadata ({err}); fields are {list(cls.__dataclass_fields__)}") from err
+            raise ValueError(f"{where}: bad AMT record metadata ({err}); record fields are "
+                             f"{list(cls.__dataclass_fields__)}, label fields {list(LABEL_FIELDS)}") from err
+        try:
+            return cls(**meta, frames=list(frames or []))
+        except TypeError as err:
+            raise ValueError(f"{where}: bad AMT record metadata ({err}); fields are {list(cls.__dataclass_fields__)}") from err
+        except ValueError as err:  # the field checks of __post_init__ ("record X: ..."), with the file instead
+            message, own = str(err), f"record {meta.get('id')}"
+            raise ValueError(f"{where}{message[len(own):]}" if message.startswith(own) else f"{where}: {message}") from None
+
+
+def _check_optional_str(where: str, name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{where}: {name}={value!r}, expected a string or null")
+
+
+def _check_turn(where: str, name: str, value: Any, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: {name}={value!r}, expected a 1-based int")

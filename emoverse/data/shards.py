@@ -4,6 +4,11 @@ Layout: `{root}/{split}/amt-{split}-000000.tar ...` and `{root}/manifest.json`.
 `ShardIndex` reads the shards by random access (a member index built from the tar headers), which
 the task-weighted sampler needs for exact, resumable draws; `stream_records` reads them as a
 webdataset stream split across DDP ranks and dataloader workers.
+
+Every record is validated when written (`write_shards`) and when read; read errors name the shard
+file and the record key. A corrupt shard or record (unreadable tar, invalid JSON, invalid fields,
+missing frames) is an error by default; `on_corrupt="skip"` skips it instead, counts it in
+`ShardIndex.skipped` and warns once with the list (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -12,15 +17,23 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import webdataset as wds
 from PIL import Image
 
-from emoverse.data.record import AMTRecord
+from emoverse.data.record import FRAME_MODES, SPLITS, AMTRecord
+
+OnCorrupt = Literal["error", "skip"]
+ON_CORRUPT: tuple[str, ...] = ("error", "skip")
+
+
+class CorruptShardError(ValueError):
+    """A shard or record that cannot be read; the message names the file and, where known, the key."""
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -41,18 +54,51 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 def write_shards(records: Iterable[AMTRecord], root: str | Path, split: str, maxcount: int = 1000) -> list[Path]:
     """Write `records` of one split as webdataset shards under `root/split/`; returns the shard paths.
 
-    Frames may be PIL images (encoded as JPEG) or JPEG bytes (written as they are).
+    Frames may be PIL images (encoded as JPEG) or JPEG bytes (written as they are). Every record is
+    checked first as reading will check it (`AMTRecord`'s field checks on its JSON round trip, its
+    split equal to `split`, frames of an 8-bit mode, JPEG bytes that decode), so a bad record fails
+    here, named, instead of when training reads it.
+
+    Raises:
+        ValueError: `split` is not a shard split, or a record is invalid (the id and field named).
     """
+    if split not in SPLITS:
+        raise ValueError(f"write_shards: split={split!r}, expected one of {SPLITS}")
     out = Path(root) / split
     out.mkdir(parents=True, exist_ok=True)
     pattern = str(out / f"amt-{split}-%06d.tar")
     with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:
         for rec in records:
-            sample: dict[str, Any] = {"__key__": rec.id, "json": rec.to_json().encode()}
-            for k, frame in enumerate(rec.frames):
-                sample[f"f{k}.jpg"] = frame if isinstance(frame, bytes) else encode_jpeg(frame)
-            sink.write(sample)
+            sink.write(_sample(rec, split))
     return sorted(out.glob(f"amt-{split}-*.tar"))
+
+
+def _sample(rec: AMTRecord, split: str) -> dict[str, Any]:
+    """The webdataset sample of a record, after the checks reading would make."""
+    if not isinstance(rec, AMTRecord):
+        raise ValueError(f"write_shards: got {type(rec).__name__}, expected AMTRecord")
+    where = f"record {rec.id}"
+    if rec.split != split:
+        raise ValueError(f"{where}: split={rec.split!r} but it is written to the {split!r} shards")
+    rec.__post_init__()  # fields may have been changed since construction
+    text = rec.to_json()
+    AMTRecord.from_metadata(json.loads(text), where=where)  # what a reader will see
+    sample: dict[str, Any] = {"__key__": rec.id, "json": text.encode()}
+    for k, frame in enumerate(rec.frames):
+        if isinstance(frame, bytes):
+            _check_jpeg(frame, f"{where} frame {k}")
+            sample[f"f{k}.jpg"] = frame
+        else:
+            sample[f"f{k}.jpg"] = encode_jpeg(frame)
+    return sample
+
+
+def _check_jpeg(data: bytes, where: str) -> None:
+    img = decode_image(data, where)
+    if img.format != "JPEG":
+        raise ValueError(f"{where}: {img.format} bytes; frames given as bytes must be JPEG (or pass a PIL image)")
+    if img.mode not in FRAME_MODES:
+        raise ValueError(f"{where}: image mode {img.mode!r}; expected an 8-bit image, one of {FRAME_MODES}")
 
 
 def shard_paths(root: str | Path, split: str) -> list[Path]:
@@ -70,19 +116,42 @@ class _Entry:
 
 
 class ShardIndex:
-    """Random access to the records of a split: metadata in memory, frames read on demand."""
+    """Random access to the records of a split: metadata in memory, frames read on demand.
 
-    def __init__(self, root: str | Path, split: str) -> None:
+    Args:
+        root: AMT root.
+        split: the split folder.
+        on_corrupt: "error" (default) raises `CorruptShardError` naming the file and record key;
+            "skip" leaves out an unreadable shard or a bad record, lists it in `skipped` as
+            `(file, key or None, reason)` and warns once with the count.
+    """
+
+    def __init__(self, root: str | Path, split: str, on_corrupt: OnCorrupt = "error") -> None:
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"ShardIndex: on_corrupt={on_corrupt!r}, expected one of {ON_CORRUPT}")
         self.paths = shard_paths(root, split)
         self.entries: list[_Entry] = []
+        self.skipped: list[tuple[str, str | None, str]] = []
         first_seen: dict[str, Path] = {}
         for s, path in enumerate(self.paths):
-            for entry in _index_tar(path, s):
+            try:
+                entries = _index_tar(path, s, split, self.skipped if on_corrupt == "skip" else None)
+            except CorruptShardError as err:
+                if on_corrupt == "error":
+                    raise
+                self.skipped.append((str(path), None, str(err)))
+                continue
+            for entry in entries:
                 rid = entry.meta.get("id")
                 if rid in first_seen:
                     raise ValueError(f"record id {rid!r} appears twice: in {first_seen[rid]} and {path}")
                 first_seen[rid] = path
                 self.entries.append(entry)
+        if self.skipped:
+            shards = sum(key is None for _, key, _ in self.skipped)
+            lines = "".join(f"\n  {reason}" for _, _, reason in self.skipped[:20])
+            warnings.warn(f"ShardIndex({root}, {split!r}, on_corrupt='skip'): skipped {shards} shard(s) and "
+                          f"{len(self.skipped) - shards} record(s); kept {len(self.entries)} records:{lines}", stacklevel=2)
         self._files: dict[int, Any] = {}
         self._pid = os.getpid()
 
@@ -110,44 +179,112 @@ class ShardIndex:
         return f.read(size)
 
 
-def _index_tar(path: Path, shard: int) -> list[_Entry]:
+def _index_tar(path: Path, shard: int, split: str, skipped: list[tuple[str, str | None, str]] | None) -> list[_Entry]:
+    """Index one shard. A bad record raises `CorruptShardError`, or is appended to `skipped` when given;
+    an unreadable tar always raises (the caller decides whether the whole shard is skipped)."""
     entries: dict[str, _Entry] = {}
     frames: dict[str, dict[int, tuple[int, int]]] = {}
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.rpartition("/")[2].partition(".")
-            if ext == "json":
-                if key in entries:
-                    raise ValueError(f"{path}: record key {key!r} appears twice")
-                entries[key] = _Entry(shard, json.loads(tar.extractfile(m).read()))
-            elif ext.startswith("f") and ext.endswith(".jpg") and ext[1:-4].isdigit():
-                frames.setdefault(key, {})[int(ext[1:-4])] = (m.offset_data, m.size)
-            else:
-                raise ValueError(f"{path}: member {m.name!r}; expected {{key}}.json or {{key}}.f{{k}}.jpg")
-    for key, e in entries.items():
+    bad: set[str] = set()
+
+    def reject(key: str, reason: str) -> None:
+        message = f"{path} record {key}: {reason}"
+        if skipped is None:
+            raise CorruptShardError(message)
+        skipped.append((str(path), key, message))
+        bad.add(key)
+
+    last = None
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.rpartition("/")[2].partition(".")
+                last = key
+                if ext == "json":
+                    if key in entries:
+                        raise CorruptShardError(f"{path}: record key {key!r} appears twice")
+                    try:
+                        meta = json.loads(tar.extractfile(m).read())
+                        AMTRecord.from_metadata(meta, where=f"{path} record {key}")
+                    except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                        reject(key, f"{key}.json is not a valid AMT record ({_short(err, path, key)})")
+                        continue
+                    if meta.get("id") != key:
+                        reject(key, f"its .json has id={meta.get('id')!r}; expected the member key {key!r}")
+                    elif meta.get("split") != split:
+                        reject(key, f"split={meta.get('split')!r} in the {split!r} folder")
+                    else:
+                        entries[key] = _Entry(shard, meta)
+                elif ext.startswith("f") and ext.endswith(".jpg") and ext[1:-4].isdigit():
+                    frames.setdefault(key, {})[int(ext[1:-4])] = (m.offset_data, m.size)
+                else:
+                    raise CorruptShardError(f"{path}: member {m.name!r}; expected {{key}}.json or {{key}}.f{{k}}.jpg")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        after = f" after record {last}" if last else ""
+        raise CorruptShardError(f"{path}: not a readable tar shard ({type(err).__name__}: {err}{after}); "
+                                "it may be truncated or not a webdataset shard") from err
+    for key, e in list(entries.items()):
         got = frames.get(key, {})
         want = e.meta.get("num_frames", len(got))
         if sorted(got) != list(range(want)):
-            raise ValueError(f"{path} record {key}: frames {sorted(got)}, expected f0..f{want - 1}")
+            del entries[key]
+            reject(key, f"frames {sorted(got)}, expected f0..f{want - 1}")
+            continue
         e.frames = [got[k] for k in range(want)]
-    missing = set(frames) - set(entries)
+    missing = set(frames) - set(entries) - bad
     if missing:
-        raise ValueError(f"{path}: frames without a .json record for keys {sorted(missing)[:5]}")
+        raise CorruptShardError(f"{path}: frames without a .json record for keys {sorted(missing)[:5]}")
     return list(entries.values())
 
 
-def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0) -> Iterator[AMTRecord]:
-    """Stream a split's records with webdataset, shards split across DDP ranks and workers."""
+def _short(err: Exception, path: Path, key: str) -> str:
+    """The error's message without the file/record prefix the caller adds anyway."""
+    return str(err).removeprefix(f"{path} record {key}").lstrip(": ")
+
+
+def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0,
+                   on_corrupt: OnCorrupt = "error") -> Iterator[AMTRecord]:
+    """Stream a split's records with webdataset, shards split across DDP ranks and workers.
+
+    Errors name the shard and record key; `on_corrupt="skip"` skips a bad record, or the rest of
+    an unreadable shard, with a warning each.
+    """
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"stream_records: on_corrupt={on_corrupt!r}, expected one of {ON_CORRUPT}")
     urls = [str(p) for p in shard_paths(root, split)]
-    ds = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=seed,
+
+    def handler(err: Exception) -> bool:
+        # webdataset appends the shard url to a reading error's args
+        url = next((a for a in reversed(getattr(err, "args", ())) if isinstance(a, str) and a in urls), "a shard")
+        message = f"{url}: not a readable tar shard ({type(err).__name__}: {err.args[0] if err.args else err})"
+        if on_corrupt == "error":
+            raise CorruptShardError(message) from err
+        warnings.warn(f"stream_records(on_corrupt='skip'): skipped the rest of {message}", stacklevel=2)
+        return True
+
+    ds = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=seed, handler=handler,
                         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False)
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
     for sample in ds:
         where = f"{sample['__url__']} record {sample['__key__']}"
-        meta = json.loads(sample["json"])
-        n = meta.get("num_frames", 0)
-        frames = [decode_image(sample[f"f{k}.jpg"], f"{where} frame {k}") for k in range(n)]
-        yield AMTRecord.from_metadata(meta, frames, where=where)
+        try:
+            if "json" not in sample:
+                raise ValueError(f"{where}: no .json member")
+            try:
+                meta = json.loads(sample["json"])
+            except ValueError as err:
+                raise ValueError(f"{where}: .json is not valid JSON ({err})") from None
+            n = meta.get("num_frames", 0) if isinstance(meta, dict) else 0
+            missing = [k for k in range(n) if f"f{k}.jpg" not in sample]
+            if missing:
+                raise ValueError(f"{where}: frames {missing} missing, expected f0..f{n - 1}")
+            frames = [decode_image(sample[f"f{k}.jpg"], f"{where} frame {k}") for k in range(n)]
+            record = AMTRecord.from_metadata(meta, frames, where=where)
+        except ValueError as err:
+            if on_corrupt == "error":
+                raise CorruptShardError(str(err)) from None
+            warnings.warn(f"stream_records(on_corrupt='skip'): skipped {err}", stacklevel=2)
+            continue
+        yield record

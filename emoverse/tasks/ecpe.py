@@ -43,15 +43,15 @@ Triple = tuple[int, int, str]
 """(emotion_turn, cause_turn, emotion), turns 1-based."""
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning's predict loop rebuilds dataclasses field by field (move_data_to_device)
 class ECPEAnswer:
     """A parsed ECPE answer.
 
     Attributes:
         pairs: de-duplicated `(emotion_turn, cause_turn, emotion)` in order of appearance;
             empty for an explicit "no cause" answer.
-        ignored: pairs dropped because the cause index is outside 1..target turn or the
-            emotion word is not an emotion.
+        ignored: pairs dropped because their emotion turn is not the target turn, the cause
+            index is outside 1..target turn or the emotion word is not an emotion.
     """
 
     pairs: tuple[Triple, ...] = ()
@@ -97,7 +97,8 @@ class ECPE(Task):
     - otherwise, an answer without digits that is empty or says none/no/nothing is "no cause";
     - otherwise, every integer in the text is a cause index of the target utterance, paired with
       the target's turn and emotion (needs the record, or the target in offline scoring);
-    - causes outside 1..target turn and unknown emotion words are dropped and counted
+    - pairs about another utterance than the target (emotion turn != target turn), causes
+      outside 1..target turn and unknown emotion words are dropped and counted
       (`ECPEAnswer.ignored`); pairs are de-duplicated; anything else is `None`.
 
     Args:
@@ -198,7 +199,8 @@ class ECPE(Task):
             for emotion_turn, word, cause in found:
                 limit = last if last is not None else turn if turn is not None else emotion_turn
                 label = EMOTION_SYNONYMS.get(word)
-                if label is None or not 1 <= cause <= limit:
+                # a pair about another turn is not an answer to this question, even if it is a gold pair there
+                if label is None or not 1 <= cause <= limit or (turn is not None and emotion_turn != turn):
                     ignored += 1
                 else:
                     triples.append((emotion_turn, cause, label))

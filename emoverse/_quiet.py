@@ -1,0 +1,44 @@
+"""Third-party messages the `emoverse` command hides (all shown again with `--debug`).
+
+Each entry is a message that every run printed and that asks nothing of an emoverse user;
+warnings about the user's own settings (e.g. `limit_val_batches`, dataloader workers) stay.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+NOISY_WARNINGS: tuple[str, ...] = (
+    # transformers 5 deprecates the attribute peft and transformers' own gradient checkpointing read
+    r"`is_gradient_checkpointing` is deprecated",
+    # torch deprecates LeafSpec; Lightning's _pytree still uses it
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+NOISY_LOGS: dict[str, tuple[str, ...]] = {
+    # bitsandbytes tries to download optional CPU kernels at import; 4-bit CPU matmuls still work
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+    # advertisements for Lightning's cloud products
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
+    "lightning.pytorch.trainer.connectors.logger_connector.logger_connector": ("💡 Tip:",),
+    "lightning.pytorch.trainer.connectors.callback_connector": ("💡 Tip:",),
+}
+
+
+class _DropPrefixes(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().lstrip().startswith(self.prefixes)
+
+
+def quiet_third_party() -> None:
+    """Install the warning and log filters above (idempotent)."""
+    for pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=f".*{pattern}")
+    for name, prefixes in NOISY_LOGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
+            logger.addFilter(_DropPrefixes(prefixes))
