@@ -292,3 +292,14 @@ def test_example_config_parses() -> None:
     config, _ = parse_config(["--config", str(Path(__file__).resolve().parents[1] / "examples" / "amt" / "amt.yaml")])
     assert isinstance(config.meld, MELDSource) and config.eri.describer_kind == "vlm"
     assert config.meld.videos["val"].endswith("dev_splits_complete")
+
+
+def test_amt_subcommand_usage_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from emoverse.cli import main as emoverse_main
+
+    assert emoverse_main(["amt"]) == 2
+    assert "usage: emoverse amt build" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="meld.videos is not set but require_media is true"):
+        AMTBuildConfig(output=str(tmp_path), meld=MELDSource(str(DATA / "meld")))
+    with pytest.raises(ValueError, match="no source"):
+        AMTBuildConfig(output=str(tmp_path))

@@ -86,10 +86,13 @@ def test_mosei_fold_conflicts_and_emotions(tmp_path: Path) -> None:
                       "v1,4,tie,-1,train,0,1,1,0,0,0\n")      # sad = anger
     folds = tmp_path / "folds.json"
     folds.write_text(json.dumps({"train": ["v1"], "valid": [], "test": []}))
-    kept, rejected = _split(list(MOSEISource(str(labels), folds=str(folds), emotions_as_mer=True).read()))
+    source = MOSEISource(str(labels), folds=str(folds), emotions_as_mer=True, videos="/raw", openface="/of")
+    kept, rejected = _split(list(source.read()))
     assert [r.reason for r in rejected] == ["conflicting_labels", "no_split", "empty_text", "label_out_of_range"]
     assert "label.csv line 3" in rejected[0].origin
     assert [(c.record.labels.emotion, c.removed) for c in kept] == [("joy", ()), (None, ("emotion_tie",))]
+    # integer clip ids are MMSA's segment files, whole
+    assert (kept[0].clip.video, kept[0].clip.au_csv, kept[0].clip.start) == (Path("/raw/v1/0.mp4"), Path("/of/v1/0.csv"), None)
 
 
 def test_bad_input_names_the_file(tmp_path: Path) -> None:
