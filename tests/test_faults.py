@@ -73,6 +73,23 @@ def test_truncated_shard_names_the_file_or_is_skipped_with_a_count(tmp_path: Pat
         list(stream_records(tmp_path, "train"))
 
 
+def test_datamodule_on_corrupt_policy(tmp_path: Path, tiny_module: Any) -> None:
+    from emoverse import AMTDataModule
+
+    paths = write_shards([record(i, split="val") for i in range(4)], tmp_path, "val", maxcount=2)
+    paths[0].write_bytes(b"not a tar at all")
+
+    def data(policy: str) -> Any:
+        return AMTDataModule(str(tmp_path), processor=tiny_module.processor, tasks=tiny_module.tasks, on_corrupt=policy)
+
+    with pytest.raises(CorruptShardError, match=rf"{paths[0].name}: not a readable tar shard"):
+        data("error").setup("validate")
+    skipping = data("skip")
+    with pytest.warns(UserWarning, match=r"skipped 1 shard\(s\)"):
+        skipping.setup("validate")
+    assert len(skipping.datasets["val"]) == 2
+
+
 def test_invalid_json_names_file_and_key_or_is_skipped(tmp_path: Path) -> None:
     paths = shards(tmp_path)
     rewrite_member(paths[0], "r1.json", b'{"id": "r1", "source": ')

@@ -15,7 +15,7 @@ from emoverse.curriculum.stage import Stage
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset
 from emoverse.data.demo import make_demo_amt
-from emoverse.data.shards import ShardIndex
+from emoverse.data.shards import OnCorrupt, ShardIndex
 from emoverse.data.streaming import AMTStream
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ class AMTDataModule(pl.LightningDataModule):
         stream_ratios: task ratios of the stream (default: equal over the module's tasks).
         processor: the backbone's processor (`EmoVerseModule.processor`).
         tasks: the task objects by name (`EmoVerseModule.tasks`).
+        on_corrupt: a corrupt shard or record (unreadable tar, invalid JSON or fields, missing
+            frames): "error" (default) stops with the file and record key named; "skip" leaves it
+            out and warns with the count (docs/reliability.md).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class AMTDataModule(pl.LightningDataModule):
         stream_ratios: dict[str, float] | None = None,
         processor: BackboneProcessor | None = None,
         tasks: Mapping[str, Task] | None = None,
+        on_corrupt: OnCorrupt = "error",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["processor", "tasks"])
@@ -70,7 +74,7 @@ class AMTDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.num_frames, self.max_eval_per_task, self.seed = num_frames, max_eval_per_task, seed
         self.system_prompt = system_prompt
-        self.streaming, self.stream_ratios = streaming, stream_ratios
+        self.streaming, self.stream_ratios, self.on_corrupt = streaming, stream_ratios, on_corrupt
         self.stages: list[Stage] | None = None
         self.processor = processor
         self.tasks: dict[str, Task] = dict(tasks or {})
@@ -101,7 +105,7 @@ class AMTDataModule(pl.LightningDataModule):
             if split == "train" and self.streaming:
                 continue
             if split not in self.datasets:
-                self.datasets[split] = AMTDataset(ShardIndex(self.path, split), self.tasks, self.processor,
+                self.datasets[split] = AMTDataset(ShardIndex(self.path, split, self.on_corrupt), self.tasks, self.processor,
                                                   self.num_frames, self.seed, self.system_prompt)
 
     def _stages(self) -> list[Stage]:
@@ -116,7 +120,8 @@ class AMTDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.streaming:
             ratios = self.stream_ratios or {t: 1.0 for t in self.tasks}
-            stream = AMTStream(self.path, "train", self.tasks, ratios, self.processor, self.num_frames, self.seed)
+            stream = AMTStream(self.path, "train", self.tasks, ratios, self.processor, self.num_frames, self.seed,
+                               on_corrupt=self.on_corrupt)
             return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
                               collate_fn=AMTCollator(self.processor, "train", self.system_prompt))
         ds = self.datasets["train"]

@@ -19,7 +19,7 @@ import torch
 from emoverse.backbones.base import BackboneProcessor
 from emoverse.curriculum.streams import mix_streams
 from emoverse.data.dataset import make_example
-from emoverse.data.shards import shard_paths, stream_records
+from emoverse.data.shards import OnCorrupt, shard_paths, stream_records
 
 if TYPE_CHECKING:
     from emoverse.tasks.base import Task
@@ -37,17 +37,19 @@ class AMTStream(torch.utils.data.IterableDataset):
         num_frames: frames per video prompt.
         seed: seed of shard order, sample shuffling and the mix (combined with the epoch).
         shuffle: size of webdataset's sample shuffle buffer.
+        on_corrupt: "error" or "skip" a bad record or unreadable shard (see `stream_records`).
     """
 
     def __init__(self, root: str | Path, split: str, tasks: Mapping[str, Task], ratios: Mapping[str, float],
-                 processor: BackboneProcessor, num_frames: int = 4, seed: int = 0, shuffle: int = 1000) -> None:
+                 processor: BackboneProcessor, num_frames: int = 4, seed: int = 0, shuffle: int = 1000,
+                 on_corrupt: OnCorrupt = "error") -> None:
         unknown = set(ratios) - set(tasks)
         if unknown:
             raise ValueError(f"AMTStream: ratios name tasks {sorted(unknown)} the module does not have: {sorted(tasks)}")
         self.root, self.split = root, split
         self.num_shards = len(shard_paths(root, split))
         self.tasks, self.ratios, self.processor = dict(tasks), dict(ratios), processor
-        self.num_frames, self.seed, self.shuffle = num_frames, seed, shuffle
+        self.num_frames, self.seed, self.shuffle, self.on_corrupt = num_frames, seed, shuffle, on_corrupt
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -56,7 +58,7 @@ class AMTStream(torch.utils.data.IterableDataset):
 
     def _task_stream(self, name: str, seed: int, seen: list[int]) -> Iterator[Any]:
         task = self.tasks[name]
-        for record in stream_records(self.root, self.split, shuffle=self.shuffle, seed=seed):
+        for record in stream_records(self.root, self.split, shuffle=self.shuffle, seed=seed, on_corrupt=self.on_corrupt):
             seen[0] += 1
             if task.has_label(record):
                 yield record
