@@ -18,6 +18,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -25,6 +26,7 @@ from PIL import Image
 from emoverse.amt.build import AMTBuildConfig, build_amt
 from emoverse.amt.cli import main as amt_main
 from emoverse.amt.facs import AU_NAMES, AU_TABLES, NEUTRAL_CAPTION
+from emoverse.amt.fer import AUExtractor
 from emoverse.amt.sources import ECFSource, MELDSource, MOSEISource
 from emoverse.data.shards import ShardIndex
 from emoverse.tasks import ECPE
@@ -303,3 +305,23 @@ def test_amt_subcommand_usage_and_config_errors(tmp_path: Path, capsys: pytest.C
         AMTBuildConfig(output=str(tmp_path), meld=MELDSource(str(DATA / "meld")))
     with pytest.raises(ValueError, match="no source"):
         AMTBuildConfig(output=str(tmp_path))
+
+
+class _OneFaceAtOneSecond(AUExtractor):
+    """A stand-in detector: one face, smiling most at t = 1.0 s."""
+
+    def extract(self, clip):
+        times = np.arange(0.0, 2.01, 0.5)
+        return pd.DataFrame({"frame": np.arange(1, len(times) + 1), "face_id": 0, "timestamp": times, "confidence": 0.9,
+                             "success": 1, "AU06_r": [0, 1, 3, 1, 0], "AU12_r": [0, 1, 2, 1, 0],
+                             "AU06_c": [0, 1, 1, 1, 0], "AU12_c": [0, 0, 1, 0, 0]})
+
+
+def test_another_au_detector_stands_in_for_openface(built, tmp_path: Path) -> None:
+    root, config, _ = built
+    meld = {**config["meld"], "files": {"test": "test_sent_emo.csv"}, "openface": None}
+    manifest = build_amt(AMTBuildConfig(output=str(tmp_path / "amt"), meld=MELDSource(**meld), limit=1, num_frames=4,
+                                        frame_size=32, au_extractor=_OneFaceAtOneSecond()), progress=False)
+    record = records(tmp_path / "amt", "test")["meld_test_d0_u0"]  # surprise: no smile AU in its list
+    assert _frame_index(record.frames[record.peak_frame]) == 1 * FPS
+    assert record.labels.au_caption == NEUTRAL_CAPTION and manifest["labels_removed"] == {}
