@@ -11,7 +11,9 @@
 3. Clip decoding (clips/s): `read_clip` on synthetic 1280x720 H.264 clips of 3.6 s at 24 fps (MELD's mean
    utterance length), 8 frames + a peak frame at 448 px, and the full-build time extrapolated from it.
 
-Run: `python benchmarks/amt_build.py`; the last line is a JSON object with the medians and ratios.
+Each comparison alternates its contenders (5 rounds, the order reversed every other round) so machine-load
+drift hits them alike. Run: `python benchmarks/amt_build.py`; the last line is a JSON object with the
+medians and ratios.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from emoverse.data.record import AMTLabels, AMTRecord
 from emoverse.data.shards import ShardIndex
 
 OPENFACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "openface" / "act409" / "clip1.csv"
-REPEATS = 3
+REPEATS = 5
 
 
 def median_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
@@ -46,6 +48,18 @@ def median_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved(fns: list[Callable[[], object]], repeats: int = 5) -> list[float]:
+    """Median time of each function, run in turn (reversed every other round) so machine-load drift hits all alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        order = list(range(len(fns)))[:: 1 if r % 2 == 0 else -1]
+        for i in order:
+            start = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def loop_peak(path: Path) -> tuple[int, int]:
@@ -90,12 +104,11 @@ def bench_fer(tmp: Path) -> dict[str, float]:
     rows = (len(lines) - 1) * 100
     vec = peak_frame(big)
     assert (vec.frame, vec.face_id) == loop_peak(big)
-    t_vec, t_loop = median_time(lambda: peak_frame(big)), median_time(lambda: loop_peak(big))
+    t_vec, t_loop = interleaved([lambda: peak_frame(big), lambda: loop_peak(big)])
     table = read_openface_csv(big)
     parsed = table.to_numpy().tolist()
     assert loop_peak_parsed(list(table.columns), parsed) == (vec.frame, vec.face_id)
-    c_vec = median_time(lambda: peak_of(table), 5)
-    c_loop = median_time(lambda: loop_peak_parsed(list(table.columns), parsed), 5)
+    c_vec, c_loop = interleaved([lambda: peak_of(table), lambda: loop_peak_parsed(list(table.columns), parsed)], 7)
     return {"fer_rows": rows, "fer_rows_per_s": rows / t_vec, "fer_loop_rows_per_s": rows / t_loop,
             "fer_speedup": t_loop / t_vec, "fer_compute_rows_per_s": rows / c_vec,
             "fer_compute_loop_rows_per_s": rows / c_loop, "fer_compute_speedup": c_loop / c_vec}
@@ -147,8 +160,7 @@ def bench_reading(tmp: Path, samples: int = 48, frames: int = 4) -> dict[str, fl
             if kind == "source":
                 images = [im.resize((448, 448), Image.BICUBIC) for im in images]
 
-    t_shards = median_time(shards)
-    t_source, t_small = median_time(lambda: json_list("source")), median_time(lambda: json_list("small"))
+    t_shards, t_source, t_small = interleaved([shards, lambda: json_list("source"), lambda: json_list("small")])
     return {"read_samples": samples, "read_frames_per_sample": frames, "shard_samples_per_s": samples / t_shards,
             "json_source_res_samples_per_s": samples / t_source, "json_448_samples_per_s": samples / t_small,
             "read_speedup_vs_source_res": t_source / t_shards, "read_speedup_vs_448_files": t_small / t_shards}
