@@ -193,6 +193,13 @@ class EmoVerseModule(pl.LightningModule):
 
     # optimisation and checkpoints ------------------------------------------------------------
 
+    def configure_model(self) -> None:
+        """Under `ModelParallelStrategy` (FSDP2): shard by decoder layer, LoRA adapters in units of their own."""
+        if self.device_mesh is not None:
+            from emoverse.distributed import fully_shard_backbone
+
+            fully_shard_backbone(self, self.device_mesh["data_parallel"])
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

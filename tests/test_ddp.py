@@ -53,7 +53,8 @@ def test_two_ranks_train_on_disjoint_samples_and_share_evaluation(tmp_path: Path
         callbacks=[MultiStageCurriculum(stages), _RecordPairs(tmp_path)], default_root_dir=tmp_path,
     )
     module = EmoVerseModule("tiny", tasks=["msa", "mer", "ecpe"], lr=1e-3)
-    trainer.fit(module, AMTDataModule(str(tmp_path / "amt"), batch_size=4, eval_batch_size=8, max_eval_per_task=6))
+    trainer.fit(module, AMTDataModule(str(tmp_path / "amt"), batch_size=4, eval_batch_size=8, max_eval_per_task=6,
+                                      processor=module.processor, tasks=module.tasks))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # together the ranks draw exactly the single-process sequence of every epoch, each half of it
     both = Counter(tuple(p) for r in ranks for p in r["pairs"])

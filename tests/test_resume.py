@@ -66,7 +66,8 @@ def fit(amt: Path, root: Path, stages: list[Stage], recorder: Recorder, ckpt_pat
     """One `Trainer.fit` of the tiny module under the scaled-down M2SE curriculum."""
     torch.manual_seed(0)
     module = EmoVerseModule("tiny", lora_dropout=0.0, lr=1e-3, warmup_ratio=0.2)
-    data = AMTDataModule(str(amt), batch_size=BATCH, eval_batch_size=BATCH, num_frames=2, seed=0)
+    data = AMTDataModule(str(amt), batch_size=BATCH, eval_batch_size=BATCH, num_frames=2, seed=0,
+                         processor=module.processor, tasks=module.tasks)
     callbacks: list[pl.Callback] = [MultiStageCurriculum(stages), recorder]
     if every:
         callbacks.append(pl.callbacks.ModelCheckpoint(root, filename="{step}", every_n_train_steps=every, save_top_k=-1))

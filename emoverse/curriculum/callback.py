@@ -242,8 +242,19 @@ class MultiStageCurriculum(Callback):
         self._groups = {int(k): v for k, v in state["groups"].items()}
         if self._stage is not None:
             pl_module.set_trainable(self.stages[self._stage].train)
+        # FSDP, ModelParallel and DeepSpeed load the optimizer state themselves, before this runs
+        optimizer_loaded = self._fit_started and not trainer.strategy.lightning_restore_optimizer
         for index, groups in self._groups.items():
-            restore_groups(trainer, pl_module, trainer.optimizers[index], groups)
+            optimizer = trainer.optimizers[index]
+            if not optimizer_loaded:
+                restore_groups(trainer, pl_module, optimizer, groups)
+            elif [g["params"] for g in describe_groups(pl_module, optimizer)] != [g["params"] for g in groups]:
+                raise RuntimeError(
+                    f"MultiStageCurriculum: the checkpoint was written in stage {self._stage} "
+                    f"({self.stages[self._stage or 0].name!r}), whose optimizer groups differ from the first stage's; "
+                    f"{type(trainer.strategy).__name__} loads the optimizer state before callbacks can rebuild them, "
+                    "so this resume is not supported: resume from a checkpoint of the first stage's parts"
+                )
         self._resumed_at = state.get("saved_at", "batch_end")
         if "sampler" in state:
             sampler = self.sampler(trainer)

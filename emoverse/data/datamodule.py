@@ -17,6 +17,7 @@ from emoverse.data.dataset import AMTDataset
 from emoverse.data.demo import make_demo_amt
 from emoverse.data.shards import OnCorrupt, ShardIndex
 from emoverse.data.streaming import AMTStream
+from emoverse.distributed import PresplitSampler
 
 if TYPE_CHECKING:
     from emoverse.tasks.base import Task
@@ -137,7 +138,8 @@ class AMTDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             # each rank scores a disjoint share, unpadded (torchmetrics reduces the states)
             pairs = pairs[self.trainer.global_rank::self.trainer.world_size]
-        return DataLoader(_Pairs(ds, pairs), batch_size=self.eval_batch_size,
+        # PresplitSampler: Lightning's use_distributed_sampler=True must not split the share again
+        return DataLoader(_Pairs(ds, pairs), batch_size=self.eval_batch_size, sampler=PresplitSampler(len(pairs)),
                           num_workers=self.num_workers,
                           collate_fn=AMTCollator(self.processor, "generate", self.system_prompt))
 
