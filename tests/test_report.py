@@ -326,12 +326,13 @@ def test_report_of_a_short_real_run(tmp_path: Path) -> None:
     """The tiny model through two stages and a test: the fit and test pages have every section and image."""
     from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
 
-    make_demo_amt(tmp_path / "amt", seed=0, num_monologues=60, num_dialogues=16)
+    make_demo_amt(tmp_path / "amt", seed=0, num_monologues=40, num_dialogues=10)
     stages = [Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1),
               Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, samples_per_epoch=24, epochs=1)]
     torch.manual_seed(0)
     module = EmoVerseModule("tiny", lr=3e-3)
-    data = AMTDataModule(str(tmp_path / "amt"), batch_size=8, eval_batch_size=16, max_eval_per_task=4)
+    data = AMTDataModule(str(tmp_path / "amt"), batch_size=8, eval_batch_size=16, max_eval_per_task=4,
+                         processor=module.processor, tasks=module.tasks)
     kwargs = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
               "logger": CSVLogger(tmp_path / "runs"), "log_every_n_steps": 1, "use_distributed_sampler": False}
     trainer = pl.Trainer(max_epochs=2, callbacks=[MultiStageCurriculum(stages), RunReport()],

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from emoverse.curriculum.callback import MultiStageCurriculum
 from emoverse.curriculum.stage import known_task_names
@@ -99,7 +99,7 @@ class RunReport(Callback):
         except Exception as err:  # the run's results matter more than its page
             rank_zero_warn(f"RunReport: no report for {out}: {type(err).__name__}: {err}")
             return
-        print(f"RunReport: wrote {path}")
+        rank_zero_info(f"RunReport: wrote {path}")
 
     def _out(self, trainer: Trainer) -> Path:
         return Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
