@@ -122,6 +122,8 @@ def _parse(files: list[str], monkeypatch: pytest.MonkeyPatch):
     ("torchrun", "m2se_4b", 4, 2, "ddp"),
     ("slurm", "m2se_4b", 4, 2, "ddp"),
     ("qlora_8b_24gb", "m2se_8b", 1, 1, "auto"),
+    ("deepspeed_zero2", "m2se_8b", 4, 1, "deepspeed_stage_2"),
+    ("deepspeed_zero3", "m2se_8b", 4, 1, "deepspeed_stage_3"),
 ])
 def test_scale_configs(override: str, base: str, devices: int, nodes: int, strategy: str,
                        monkeypatch: pytest.MonkeyPatch) -> None:
