@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The EmoVerse paper's ablations (Tables 2, 3 and 5) on the EmoVerse-4B config: fit, then test, each
-# run into $OUT/NAME/{fit,test}/, then one table of every run's test metrics ($OUT/results.md + .csv).
+# run into $OUT/NAME/{fit,test}/, then one table of every run's test metrics ($OUT/results.md + .csv + .html charts).
 #
 # Usage:  examples/run_ablations.sh [NAME...]      (default: every run listed in RUNS below)
 # Env:    BASE   the shared config (default examples/configs/m2se_4b.yaml)
