@@ -9,8 +9,7 @@ fine-tuning), with and without gradient checkpointing, one training step runs un
   * activations: bytes of the distinct tensors autograd saves for backward during the forward pass
     (`torch.autograd.graph.saved_tensors_hooks`), i.e. what the step holds at its peak.
 The same shape goes through the analytic estimator; each figure's ratio measured / estimated is
-the estimator's check (the baseline of this benchmark). Peak RSS growth of the process is printed
-as a cross-check. Then the estimator's table for the EmoVerse-4B and -8B shapes at the paper's
+the estimator's check (the baseline of this benchmark). Then the estimator's table for the EmoVerse-4B and -8B shapes at the paper's
 settings. The last line is one JSON object.
 
 Run: python benchmarks/memory.py [--shapes tiny mid]; `--fit` re-measures the per-block activation
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import tempfile
 from dataclasses import replace
@@ -104,7 +102,6 @@ def measure(shape: LLMShape, method: str, checkpointing: bool) -> dict[str, floa
                 saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
             return t
 
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             keep = torch.arange(TOKENS - RESPONSE - 1, TOKENS - 1)
             logits = model(input_ids=ids, logits_to_keep=keep).logits
@@ -114,8 +111,7 @@ def measure(shape: LLMShape, method: str, checkpointing: bool) -> dict[str, floa
         grads = tensor_bytes(p.grad for p in trainable)
         optimizer.step()
         optim = tensor_bytes(v for state in optimizer.state.values() for v in state.values() if v.dim() > 0)
-        rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
-    return {"parameters": params, "gradients": grads, "optimizer": optim, "activations": activations, "rss_growth": rss}
+    return {"parameters": params, "gradients": grads, "optimizer": optim, "activations": activations}
 
 
 def estimated(shape: LLMShape, method: str, checkpointing: bool) -> dict[str, float]:

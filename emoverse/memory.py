@@ -10,8 +10,8 @@ the estimates for the EmoVerse-4B and -8B shapes.
 Assumptions (each is a field with a default, so a user can change it):
   * LLM: a pre-norm decoder (Llama/Phi-3/InternLM2 style) with a gated MLP (3 matrices), RMSNorm,
     and fused SDPA/flash attention, which saves no (seq × seq) matrix.
-  * LoRA on every linear layer of the LLM's decoder blocks (emoverse's default targets); LoRA
-    dropout > 0 saves one dropped copy of each adapted layer's input.
+  * LoRA on every linear layer of the LLM's decoder blocks (emoverse's default targets), as the
+    model splits them (`LLMShape.layout`: fused qkv / gate-up layers get one adapter).
   * Mixed precision: frozen weights in bf16 (2 B); trainable weights, their gradients and both
     AdamW moments in fp32 (4 + 4 + 8 B per trainable parameter); activations as bf16 autocast
     saves them (per-block coefficients measured, see BLOCK_BYTES).
@@ -64,6 +64,9 @@ class LLMShape:
     kv_heads: int
     vocab: int
     tied_embeddings: bool = False
+    layout: Literal["llama", "phi3", "internlm2"] = "llama"
+    """How the block's linear layers are split: Llama q/k/v/o + gate/up/down; Phi-3 fuses
+    `qkv_proj` and `gate_up_proj`; InternLM2 fuses `wqkv` and keeps `w1`/`w3`/`w2`."""
 
     @property
     def kv_dim(self) -> int:
@@ -71,9 +74,11 @@ class LLMShape:
 
     @property
     def linear_shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of each linear layer of one decoder block: q, k, v, o, gate, up, down."""
+        """(in, out) of each linear layer of one decoder block (each gets a LoRA adapter)."""
         h, i, kv = self.hidden, self.intermediate, self.kv_dim
-        return [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+        attention = [(h, h + 2 * kv), (h, h)] if self.layout in ("phi3", "internlm2") else [(h, h), (h, kv), (h, kv), (h, h)]
+        mlp = [(h, 2 * i), (i, h)] if self.layout == "phi3" else [(h, i), (h, i), (i, h)]
+        return attention + mlp
 
     @property
     def block_linear_params(self) -> int:
@@ -166,16 +171,16 @@ class MemoryEstimate:
 
 
 # Bytes one decoder block saves for backward per token, as coefficients of (hidden, intermediate,
-# kv_dim), measured with transformers' Llama under bf16 autocast (CPU flash SDPA), LoRA r=8 on the 7
-# linear layers with dropout 0.05: `benchmarks/memory.py --fit` (4 shapes, fit error < 0.1 %). They
-# decompose as (LoRA): 2 fp32 RMSNorm inputs 8h; per adapted layer a bf16 copy of its input
-# 2(6h + i) and an fp32 dropout mask 4(6h + i); SDPA's q, output 4h and k, v 4kv; SiLU and the gate
-# product 6i. QLoRA's gate/up outputs are fp32 (bitsandbytes returns the fp32 residual's dtype):
-# +6i. Full fine-tuning saves no adapter inputs but bf16 copies of the inputs and of every weight
-# (the latter counted separately, 2 B per block parameter).
-BLOCK_BYTES: dict[str, tuple[int, int, int]] = {"lora": (48, 12, 4), "qlora": (48, 18, 4), "full": (30, 8, 4)}
-# LoRA without dropout saves no masks: 4(6h + i) less (derived, not measured)
-NO_DROPOUT_SAVING = (24, 4, 0)
+# kv_dim), measured with transformers' Llama under bf16 autocast (CPU flash SDPA), LoRA r=8 on its 7
+# linear layers with dropout 0.05: `python benchmarks/memory.py --fit` (4 shapes, fit error < 0.1 %):
+# LoRA 48h + 12i + 4kv, QLoRA 48h + 18i + 4kv, full fine-tuning 30h + 8i + 4kv. They decompose as
+# two fp32 RMSNorm inputs (8h), SDPA's q and output (4h) and k, v (4kv), SiLU and the gate product
+# (6i; 12i for QLoRA, whose gate/up outputs are fp32 like its upcast residual stream), plus, per
+# adapted linear layer, a bf16 copy of its input and an fp32 dropout mask: 6 B per input element
+# (Llama's 7 layers read 6h + i). Full fine-tuning saves bf16 copies of the layer inputs instead, and
+# of every weight (counted separately, 2 B per block parameter).
+BLOCK_BYTES: dict[str, tuple[int, int, int]] = {"lora": (12, 6, 4), "qlora": (12, 12, 4), "full": (30, 8, 4)}
+ADAPTER_INPUT_BYTES = {True: 6, False: 2}  # with / without LoRA dropout (without: derived, not measured)
 # with gradient checkpointing each block keeps only its input: bf16 for LoRA, fp32 where the
 # residual stream is fp32 (QLoRA's upcast embeddings, full fine-tuning's fp32 weights)
 CHECKPOINT_BYTES = {"lora": 2, "qlora": 4, "full": 4}
@@ -185,9 +190,10 @@ LOGIT_BYTES = 4  # per kept logit: the fp32 log-softmax output cross-entropy sav
 def block_activation_bytes(llm: LLMShape, method: Method, lora_dropout: bool = True) -> int:
     """Bytes one decoder block saves for backward, per token (see BLOCK_BYTES)."""
     ch, ci, ckv = BLOCK_BYTES[method]
-    if method != "full" and not lora_dropout:
-        ch, ci, ckv = ch - NO_DROPOUT_SAVING[0], ci - NO_DROPOUT_SAVING[1], ckv - NO_DROPOUT_SAVING[2]
-    return ch * llm.hidden + ci * llm.intermediate + ckv * llm.kv_dim
+    saved = ch * llm.hidden + ci * llm.intermediate + ckv * llm.kv_dim
+    if method != "full":
+        saved += ADAPTER_INPUT_BYTES[lora_dropout] * sum(a for a, _ in llm.linear_shapes)
+    return saved
 
 
 def estimate(arch: Architecture, settings: TrainSettings) -> MemoryEstimate:
@@ -250,9 +256,9 @@ def estimate(arch: Architecture, settings: TrainSettings) -> MemoryEstimate:
 #   InternVL2 projector `mlp1`: LayerNorm(4096) -> Linear(4096, llm_hidden) -> GELU -> Linear(llm_hidden,
 #     llm_hidden), 4096 = 1024 x 4 after the pixel shuffle (OpenGVLab/InternVL2-4B modeling_internvl_chat.py).
 #   Phi-3-mini-4k-instruct (microsoft/Phi-3-mini-4k-instruct): 32 layers, hidden 3072, intermediate 8192,
-#     32 heads, 32 KV heads, vocab 32064, untied embeddings.
+#     32 heads, 32 KV heads, vocab 32064, untied embeddings; fused qkv_proj and gate_up_proj.
 #   InternLM2.5-7B-chat (internlm/internlm2_5-7b-chat): 32 layers, hidden 4096, intermediate 14336,
-#     32 heads, 8 KV heads, vocab 92544, untied embeddings.
+#     32 heads, 8 KV heads, vocab 92544, untied embeddings; fused wqkv, separate w1/w3/w2.
 INTERN_VIT_300M = VisionShape(layers=24, hidden=1024, intermediate=4096, image_size=448, patch_size=14)
 
 
@@ -262,12 +268,12 @@ def _mlp1(llm_hidden: int) -> int:
 
 EMOVERSE_4B = Architecture(
     name="emoverse_4b", vision=INTERN_VIT_300M, projector_params=_mlp1(3072),
-    llm=LLMShape(layers=32, hidden=3072, intermediate=8192, heads=32, kv_heads=32, vocab=32064),
+    llm=LLMShape(layers=32, hidden=3072, intermediate=8192, heads=32, kv_heads=32, vocab=32064, layout="phi3"),
     visual_tokens_per_frame=256, source="InternVL2-4B: InternViT-300M-448px + mlp1 + Phi-3-mini-4k-instruct",
 )
 EMOVERSE_8B = Architecture(
     name="emoverse_8b", vision=INTERN_VIT_300M, projector_params=_mlp1(4096),
-    llm=LLMShape(layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=92544),
+    llm=LLMShape(layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=92544, layout="internlm2"),
     visual_tokens_per_frame=256, source="InternVL2-8B: InternViT-300M-448px + mlp1 + InternLM2.5-7B-chat",
 )
 PRESETS = {a.name: a for a in (EMOVERSE_4B, EMOVERSE_8B)}
