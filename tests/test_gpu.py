@@ -13,6 +13,7 @@ import torch
 from emoverse import AMTDataModule, EmoVerseModule, create_backbone
 from emoverse.backbones import ComposedBackbone
 from emoverse.cli import main
+from emoverse.evaluation import move_to
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 REPO = Path(__file__).resolve().parents[1]
@@ -21,17 +22,16 @@ TINY_VIT = {"img_size": 64, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_
 
 def test_qlora_step_on_a_4bit_llm(tmp_path: Path, demo_amt: Path) -> None:
     saved = create_backbone("tiny")
-    saved.llm.save_pretrained(tmp_path / "llm")
+    saved.core.llm.save_pretrained(tmp_path / "llm")
     saved.processor.tokenizer.save_pretrained(tmp_path / "llm")
     backbone = ComposedBackbone(vision="vit_tiny_patch16_224", vision_kwargs=TINY_VIT, llm=str(tmp_path / "llm"),
                                 quantization="4bit", dtype="bfloat16")
     module = EmoVerseModule(backbone, lr=1e-3).cuda()
-    assert getattr(module.backbone.llm, "is_loaded_in_4bit", False)
-    data = AMTDataModule(str(demo_amt), batch_size=4)
-    data.configure(module.backbone.processor, module.tasks)
+    assert getattr(module.backbone.core.llm, "is_loaded_in_4bit", False)
+    data = AMTDataModule(str(demo_amt), batch_size=4, processor=module.processor, tasks=module.tasks)
     data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
-    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = move_to(next(iter(data.train_dataloader())), torch.device("cuda"))
+    batch["labels"] = batch["labels"].cuda()
     loss = module(batch)["loss"]
     loss.backward()
     assert torch.isfinite(loss)

@@ -233,8 +233,11 @@ class Backbone(nn.Module, ABC):
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
         core = self.core
-        if getattr(core, "is_loaded_in_4bit", False) or getattr(core, "is_loaded_in_8bit", False):
-            core = prepare_model_for_kbit_training(core, use_gradient_checkpointing=gradient_checkpointing)
+        quantized = next((m for m in core.modules()
+                          if getattr(m, "is_loaded_in_4bit", False) or getattr(m, "is_loaded_in_8bit", False)), None)
+        if quantized is not None:  # QLoRA: the (sub)model transformers loaded with bitsandbytes weights
+            prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=gradient_checkpointing)
+            _keep_cpu_4bit_layout(quantized)
         elif gradient_checkpointing:
             self.enable_gradient_checkpointing()
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=self.lora_target_modules(targets))
@@ -262,9 +265,10 @@ class Backbone(nn.Module, ABC):
         newly = []
         for p in self.parameters():
             train = id(p) in wanted
-            if train and not p.requires_grad:
-                newly.append(p)
-            p.requires_grad_(train)
+            if train != p.requires_grad:  # quantized weights are integer tensors: leave frozen ones untouched
+                if train:
+                    newly.append(p)
+                p.requires_grad_(train)
         return newly
 
     # training and generation -----------------------------------------------------------------
@@ -294,3 +298,20 @@ class Backbone(nn.Module, ABC):
         dtype = next(self.part("vision").parameters()).dtype
         return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                 for k, v in inputs.items()}
+
+
+def _keep_cpu_4bit_layout(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPU, the first forward in eval mode without gradients (a validation pass) repacks each
+    `Linear4bit` weight in place, and later training steps backpropagate through the repacked
+    weight with wrong values: measured on the tiny LLM, the LoRA gradient norm fell from 23.7 to
+    5.0 after one validation pass and the loss moved. Training needs the training layout.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False

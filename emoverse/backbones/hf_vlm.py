@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part
 from emoverse.backbones.quantization import Quantization, quantization_config
@@ -121,12 +121,15 @@ def _load(path: str, dtype: str | None, quantization: Quantization | None,
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype)
-    if quantization is not None:
-        # only the language model is quantized: the vision tower and projector keep full precision
-        kwargs["quantization_config"] = quantization_config(
-            quantization, dtype, skip=["vision_tower", "visual", "vision_model", "multi_modal_projector",
-                                       "connector", "merger", "lm_head"])
     try:
+        if quantization is not None:
+            # only the language model is quantized: the vision encoder, projector and output head keep full
+            # precision; their paths come from a weightless (meta) instance of the same architecture
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            with torch.device("meta"):
+                paths = _derive_parts(AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code))
+            kwargs["quantization_config"] = quantization_config(
+                quantization, dtype, skip=[paths["vision"], paths["projector"], "lm_head"])
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):
