@@ -280,6 +280,25 @@ def test_callback_records_every_draw_and_writes_the_report(tmp_path: Path) -> No
     assert {"loss", "task_mix"} <= {Path(s).stem for s in page.images}
 
 
+def test_resumed_runs_count_the_same_draws(tmp_path: Path) -> None:
+    """Stopped in epoch 0 (step 3 of 5) or in epoch 1 (step 6), then resumed: curriculum.json is the uninterrupted one."""
+
+    def run(name: str, ckpt: str | None = None, every_steps: int | None = None) -> list[dict]:
+        callbacks: list[pl.Callback] = [MultiStageCurriculum([Stage(**s) for s in STAGES]), RunReport(on_fit=False)]
+        if every_steps:
+            callbacks.append(pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=every_steps,
+                                                          save_top_k=-1, filename="{step}"))
+        trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, logger=CSVLogger(tmp_path, name=name),
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(every_steps),
+                             accelerator="cpu", devices=1)
+        trainer.fit(ToyModule(), datamodule=ToyData(), ckpt_path=ckpt)
+        return json.loads((Path(trainer.log_dir) / "curriculum.json").read_text())["epochs"]
+
+    full = run("full", every_steps=3)  # step 3: epoch 0 (5 batches), batch 3; step 6: epoch 1, batch 1
+    assert run("in_epoch_0", ckpt=str(tmp_path / "ckpt" / "step=3.ckpt")) == full
+    assert run("in_epoch_1", ckpt=str(tmp_path / "ckpt" / "step=6.ckpt")) == full
+
+
 # commands and configs -------------------------------------------------------------------------------
 
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
