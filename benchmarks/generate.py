@@ -1,6 +1,6 @@
-"""Batched (16 prompts, left padding, KV cache) vs one-at-a-time greedy generation of the evaluator.
+"""Batched (16 prompts, left padding, KV cache) vs one-at-a-time greedy generation of `emoverse.evaluation.generate`.
 
-Both runs use `Evaluator.generate` on the tiny backbone, the same demo prompts (all five tasks,
+Both runs use `evaluation.generate` on the tiny backbone, the same demo prompts (all five tasks,
 48 to 345 prompt tokens), greedy decoding and the same `max_new_tokens`; the answers must be
 identical.
 Figures are medians over `--repeats`; the goal is a samples/s ratio of at least 5x. torch runs
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
+from emoverse import AMTDataModule, EmoVerseModule, evaluation, make_demo_amt
 from emoverse.data.collator import AMTCollator
 
 BATCH_SIZE = 16
@@ -32,8 +32,7 @@ def demo_examples(module: EmoVerseModule, n: int, root: str) -> list[dict[str, A
     """`n` examples of the demo AMT's val split, an equal share per task, in the evaluation order
     of `AMTDataModule` (grouped by task, as `Trainer.validate` batches them)."""
     make_demo_amt(root, seed=0, num_monologues=200, num_dialogues=40)
-    dm = AMTDataModule(root)
-    dm.configure(module.backbone.processor, module.tasks)
+    dm = AMTDataModule(root, processor=module.processor, tasks=module.tasks)
     dm.setup("validate")
     ds = dm.datasets["val"]
     share = -(-n // len(module.tasks))
@@ -45,7 +44,7 @@ def demo_examples(module: EmoVerseModule, n: int, root: str) -> list[dict[str, A
 
 def run(module: EmoVerseModule, batches: list[dict[str, Any]], max_new_tokens: int) -> tuple[float, int, list[str]]:
     """(seconds, generated tokens, answers) for generating every batch in turn."""
-    llm, tokens = module.backbone.llm, [0]
+    llm, tokens = module.backbone.core.llm, [0]
     real = llm.generate
 
     def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -56,7 +55,7 @@ def run(module: EmoVerseModule, batches: list[dict[str, Any]], max_new_tokens: i
     llm.generate = counting
     try:
         start = time.perf_counter()
-        texts = [t for b in batches for t in module.evaluator.generate(b, max_new_tokens)]
+        texts = [t for b in batches for t in evaluation.generate(module.backbone, b, module.tasks, max_new_tokens)]
         return time.perf_counter() - start, tokens[0], texts
     finally:
         del llm.generate
@@ -75,10 +74,10 @@ def main() -> None:
     module = EmoVerseModule("tiny").eval()
     with tempfile.TemporaryDirectory() as root:
         examples = demo_examples(module, args.prompts, root)
-    collate = AMTCollator(module.backbone.processor, "generate")
+    collate = AMTCollator(module.processor, "generate")
     modes = {"batched": [collate(examples[i:i + BATCH_SIZE]) for i in range(0, len(examples), BATCH_SIZE)],
              "one_at_a_time": [collate([ex]) for ex in examples]}
-    lengths = [int(n) for b in modes["one_at_a_time"] for n in b["attention_mask"].sum(1)]
+    lengths = [int(n) for b in modes["one_at_a_time"] for n in b["inputs"]["attention_mask"].sum(1)]
     run(module, modes["batched"][:1], 2)  # warm-up
 
     figures: dict[str, Any] = {"prompts": len(examples), "batch_size": BATCH_SIZE,

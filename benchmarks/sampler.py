@@ -57,8 +57,7 @@ def steps_per_second(batch_size: int = 8, warmup: int = 3, steps: int = 20) -> f
     module = EmoVerseModule("tiny", lr=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
         make_demo_amt(tmp, seed=0, num_monologues=200, num_dialogues=40)
-        data = AMTDataModule(tmp, batch_size=batch_size)
-        data.configure(module.backbone.processor, module.tasks)
+        data = AMTDataModule(tmp, batch_size=batch_size, processor=module.processor, tasks=module.tasks)
         data.setup("fit")
         loader = iter(data.train_dataloader())
         batches = [next(loader) for _ in range(warmup + steps)]

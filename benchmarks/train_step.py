@@ -1,13 +1,14 @@
 """Median training-step time: EmoVerseModule under Lightning vs a plain PyTorch loop vs a
-transformers `Trainer` + peft (what ms-swift and LLaMA-Factory build on).
+transformers `Trainer` + peft (what ms-swift and LLaMA-Factory build on), for two backbones: the
+composed `tiny` and the transformers-native `tiny_llava` (LlavaForConditionalGeneration).
 
-All three train the same tiny backbone (same LoRA, same AdamW settings) on the same pre-collated
+All three train the same backbone (same LoRA, same AdamW settings) on the same pre-collated
 demo batches, so data loading is out of the picture and the ratios show each framework's
 overhead around the same forward/backward. A fourth figure runs the Trainer with the model's own
 `labels=` loss (logits over the whole sequence, the usual LLaVA-style path), against emoverse's
 loss that computes logits only at response positions.
 
-    python benchmarks/train_step.py [--steps 30] [--warmup 5] [--batch-size 8] [--repeats 4]
+    python benchmarks/train_step.py [--backbones tiny tiny_llava] [--steps 30] [--warmup 5] [--batch-size 8] [--repeats 4]
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
 
 
+BACKBONE = "tiny"
+
+
 def fresh_module() -> EmoVerseModule:
     torch.manual_seed(0)
-    return EmoVerseModule("tiny", lr=1e-3, lora_dropout=0.0, warmup_ratio=0.0)
+    return EmoVerseModule(BACKBONE, lr=1e-3, lora_dropout=0.0, warmup_ratio=0.0)
 
 
-def demo_batches(n: int, batch_size: int) -> list[dict]:
-    root = Path(tempfile.mkdtemp()) / "amt"
-    make_demo_amt(root, seed=0)
+def demo_batches(root: Path, n: int, batch_size: int) -> list[dict]:
     module = fresh_module()
-    dm = AMTDataModule(str(root), batch_size=batch_size)
-    dm.configure(module.backbone.processor, module.tasks)
+    dm = AMTDataModule(str(root), batch_size=batch_size, processor=module.processor, tasks=module.tasks)
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     return [next(it) for _ in range(n)]
@@ -89,10 +90,8 @@ class _Wrapped(nn.Module):
     def forward(self, **batch) -> dict:
         if not self.hf_loss:
             return {"loss": self.module(batch)["loss"]}
-        embeds = self.module.embed(batch["input_ids"], batch["pixel_values"])
-        out = self.module.backbone.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                                       labels=batch["labels"])
-        return {"loss": out.loss}
+        backbone = self.module.backbone  # the model's own `labels=` loss: logits over every position
+        return {"loss": backbone.core(**backbone.cast_inputs(batch["inputs"]), labels=batch["labels"]).loss}
 
 
 class _HFStamps(TrainerCallback):
@@ -126,40 +125,49 @@ def hf_trainer(batches: list[dict], hf_loss: bool) -> list[float]:
         save_strategy="no", logging_strategy="no", disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    keep = ("input_ids", "attention_mask", "labels", "pixel_values")
-    data = _Listed([{k: b[k] for k in keep} for b in batches])
+    data = _Listed([{"inputs": b["inputs"], "labels": b["labels"]} for b in batches])
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=lambda xs: xs[0],
                       callbacks=[stamps])
     trainer.train()
     return [b - a for a, b in zip(stamps.t, stamps.t[1:])]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=4, help="alternate the runs this many times")
-    args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    batches = demo_batches(args.steps, args.batch_size)
+def measure(batches: list[dict], warmup: int, repeats: int) -> dict[str, float]:
+    """Median step times (ms) of the four runs, interleaved and reversed each repeat so load drift and
+    position effects hit every run alike."""
     runs = {"plain_loop": lambda: plain_loop(batches), "emoverse_lightning": lambda: lightning_fit(batches),
             "hf_trainer_peft": lambda: hf_trainer(batches, hf_loss=False),
             "hf_trainer_peft_full_logits": lambda: hf_trainer(batches, hf_loss=True)}
     samples: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
-    for _ in range(args.repeats):  # interleave, reversing the order each time, so load drift and
-        for name in order:          # position effects hit every run alike
-            samples[name] += runs[name]()[args.warmup:]
+    for _ in range(repeats):
+        for name in order:
+            samples[name] += runs[name]()[warmup:]
         order.reverse()
-    med = {name: statistics.median(v) * 1000 for name, v in samples.items()}
-    for name, ms in med.items():
-        print(f"{name:30s} median step {ms:8.2f} ms")
-    figures = {f"{k}_ms": round(v, 2) for k, v in med.items()}
-    figures["ratio_emoverse_vs_plain"] = round(med["emoverse_lightning"] / med["plain_loop"], 3)
-    figures["ratio_emoverse_vs_hf_trainer"] = round(med["emoverse_lightning"] / med["hf_trainer_peft"], 3)
-    figures["ratio_emoverse_vs_hf_trainer_full_logits"] = round(
-        med["emoverse_lightning"] / med["hf_trainer_peft_full_logits"], 3)
+    return {name: statistics.median(v) * 1000 for name, v in samples.items()}
+
+
+def main() -> None:
+    global BACKBONE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=["tiny", "tiny_llava"])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=4, help="alternate the runs this many times")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp()) / "amt"
+    make_demo_amt(root, seed=0)
+    figures: dict[str, object] = {}
+    for BACKBONE in args.backbones:
+        med = measure(demo_batches(root, args.steps, args.batch_size), args.warmup, args.repeats)
+        for name, ms in med.items():
+            print(f"{BACKBONE:12s} {name:30s} median step {ms:8.2f} ms")
+        figures.update({f"{BACKBONE}_{k}_ms": round(v, 2) for k, v in med.items()})
+        figures[f"{BACKBONE}_ratio_emoverse_vs_plain"] = round(med["emoverse_lightning"] / med["plain_loop"], 3)
+        figures[f"{BACKBONE}_ratio_emoverse_vs_hf_trainer"] = round(med["emoverse_lightning"] / med["hf_trainer_peft"], 3)
+        figures[f"{BACKBONE}_ratio_emoverse_vs_hf_trainer_full_logits"] = round(
+            med["emoverse_lightning"] / med["hf_trainer_peft_full_logits"], 3)
     figures.update(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, repeats=args.repeats,
                    threads=torch.get_num_threads())
     print(json.dumps(figures))
