@@ -36,7 +36,7 @@ def write_collect_report(rows: Sequence[dict[str, str | float]], out_dir: str | 
         if all(v is None for v in ours):
             continue
         theirs = [p[1].get(key) if p else None for p in paper]
-        series = {"this run": ours} | ({"paper (EmoVerse-4B)": theirs} if any(v is not None for v in theirs) else {})
+        series = {"run": ours} | ({"paper (EmoVerse-4B)": theirs} if any(v is not None for v in theirs) else {})
         name = key.replace("/", "_")
         plots.save(plots.grouped_bars(runs, series, label, "%"), out / FILES / f"{name}.png")
         parts.append(f'<h2>{html.escape(label)}</h2><img src="{FILES}/{name}.png" alt="{html.escape(label)}">')
