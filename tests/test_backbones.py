@@ -37,7 +37,7 @@ def with_lora(name: str, **kwargs) -> Backbone:
 
 def test_registry_lists_presets() -> None:
     names = list_backbones()
-    assert {"tiny", "tiny_qwen2_mlp", "tiny_llava", "tiny_qwen2_vl", "tiny_internvl", "tiny_idefics3",
+    assert {"tiny", "tiny_qwen2_mlp", "tiny_llava", "tiny_llava_onevision", "tiny_qwen2_vl", "tiny_internvl", "tiny_idefics3",
             "emoverse_4b", "emoverse_8b"} <= set(names)
     assert names == sorted(names)
 

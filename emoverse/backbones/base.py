@@ -94,13 +94,14 @@ class BackboneProcessor(ABC):
     def prompt_length(self, query: str, images: Sequence[Image.Image], system_prompt: str | None = None) -> int:
         """Tokens of the prompt with `images` expanded to their visual tokens (without the response)."""
         text = self.render(self.messages(query, len(images), system_prompt), add_generation_prompt=True)
-        return len(self.tokenize(text)) + sum(self._image_extra(img.size) for img in images)
+        return len(self.tokenize(text)) + self._images_extra(tuple(img.size for img in images))
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019  (processors live as long as their backbone)
-    def _image_extra(self, size: tuple[int, int]) -> int:
-        """How many tokens one image of `size` adds beyond its placeholder text."""
-        text = self.render(self.messages("", 1), add_generation_prompt=True)
-        expanded = self.encode([text], [[Image.new("RGB", size)]])["attention_mask"].sum()
+    @functools.lru_cache(maxsize=256)  # noqa: B019  (processors live as long as their backbone)
+    def _images_extra(self, sizes: tuple[tuple[int, int], ...]) -> int:
+        """How many tokens images of `sizes` add to a prompt beyond their placeholder text (measured once
+        per combination: some families treat several images differently from one, e.g. LLaVA-OneVision)."""
+        text = self.render(self.messages("", len(sizes)), add_generation_prompt=True)
+        expanded = self.encode([text], [[Image.new("RGB", size) for size in sizes]])["attention_mask"].sum()
         return int(expanded) - len(self.tokenize(text))
 
     def __call__(self, examples: Sequence[Mapping[str, Any]], mode: Literal["train", "generate"] = "train",

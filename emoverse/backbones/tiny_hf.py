@@ -120,3 +120,26 @@ def tiny_idefics3(hidden: int = 64, layers: int = 2, seed: int = 0, **kwargs: An
     )
     return HFVisionLanguageBackbone(_seeded(seed, lambda: tf.Idefics3ForConditionalGeneration(config)), processor,
                                     **kwargs)
+
+
+@register_backbone
+def tiny_llava_onevision(hidden: int = 64, layers: int = 2, seed: int = 0, **kwargs: Any) -> HFVisionLanguageBackbone:
+    """Tiny LLaVA-OneVision: SigLIP-style ViT with "anyres" tiling (a single frame becomes up to 4 tiles plus
+    a base view; several frames keep their base view), MLP → Qwen2."""
+    tok = tiny_tokenizer(extra_tokens=("<video>",))
+    grid = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    config = tf.LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", image_size=32, patch_size=8, **_VISION),
+        text_config=dict(model_type="qwen2", **tiny_text_config(len(tok), hidden, layers)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=grid, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        tie_word_embeddings=True,
+    )
+    square = {"height": 32, "width": 32}
+    processor = tf.LlavaOnevisionProcessor(
+        image_processor=tf.LlavaOnevisionImageProcessor(size=square, crop_size=square, image_grid_pinpoints=grid),
+        tokenizer=tok, video_processor=tf.LlavaOnevisionVideoProcessor(size=square), num_image_tokens=16,
+        vision_feature_select_strategy="full", chat_template=chat_template("<image>"),
+    )
+    return HFVisionLanguageBackbone(_seeded(seed, lambda: tf.LlavaOnevisionForConditionalGeneration(config)),
+                                    processor, **kwargs)
