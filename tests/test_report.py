@@ -60,6 +60,7 @@ def check_page(path: Path) -> Page:
     """Every section is on the page and every image it shows is a non-empty PNG beside it."""
     page = Page(path)
     assert page.sections == list(SECTIONS)
+    assert not [m for m in page.missing if "could not be drawn" in m]  # no section fell over
     for src in page.images:
         image = path.parent / src
         assert image.is_file() and image.stat().st_size > 1000, src
@@ -173,6 +174,16 @@ def test_malformed_predictions_and_a_task_without_pairs(tmp_path: Path) -> None:
     text = (run / "report.html").read_text()
     assert "2 malformed predictions line(s) skipped" in text and "test_predictions.jsonl:11, test_predictions.jsonl:12" in text
     assert "1 cell(s) that are not numbers were skipped (first: line 3 column &#x27;train/loss&#x27;)" in text
+
+
+def test_odd_config_and_draws_files(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    (run / "config.yaml").write_text("trainer: [1, 2]\nmodel: tiny\ndata: 3\n")
+    (run / "curriculum.json").write_text("[]")
+    page = check_page(write_report(run))
+    text = (run / "report.html").read_text()
+    assert "curriculum.json: expected a JSON object, found list" in text
+    assert "loss" in {Path(s).stem for s in page.images}  # the curves do not need the config
 
 
 def test_a_predict_file_has_no_targets(tmp_path: Path) -> None:

@@ -58,7 +58,11 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     out = Path(out_dir) if out_dir is not None else run.path
     page = _Page(out)
     training = run.training
-    stages, stage_notes = stage_views(training or run)
+    try:
+        stages, stage_notes = stage_views(training or run)
+    except Exception as err:  # an odd config or curriculum.json costs the stage marks, not the page
+        log.warning("report: stages of %s unreadable", run.path, exc_info=True)
+        stages, stage_notes = [], [f"the curriculum's stages could not be read: {type(err).__name__}: {err}"]
     builders: dict[str, Callable[[], list[str]]] = {
         "summary": lambda: _summary(page, run, training, stages, stage_notes),
         "loss": lambda: _loss(page, training, stages),
@@ -109,12 +113,12 @@ class _Page:
 # sections -----------------------------------------------------------------------------------------
 
 def _summary(page: _Page, run: Run, training: Run | None, stages: list[StageView], stage_notes: list[str]) -> list[str]:
-    model = (run.config.get("model") or {}).get("init_args") or run.hparams
-    data = (run.config.get("data") or {}).get("init_args") or {}
+    model = _init_args(run, "model") or run.hparams
+    data = _init_args(run, "data")
     steps = [row["step"] for row in (training or run).metrics if "step" in row]
     facts = [
         ("folder", str(run.path)),
-        ("backbone", str(model.get("backbone", "–")) if isinstance(model, dict) else "–"),
+        ("backbone", str(model.get("backbone", "–"))),
         ("data", str(data.get("path", "–")) + (" (demo AMT)" if data.get("demo") else "")),
         ("stages", ", ".join(f"{s.name} ({s.epochs or '?'} epochs)" for s in stages) or "–"),
         ("steps logged", f"{int(max(steps))}" if steps else "–"),
@@ -158,8 +162,7 @@ def _task_mix(page: _Page, stages: list[StageView]) -> list[str]:
 
 
 def _validation(page: _Page, training: Run | None, stages: list[StageView]) -> list[str]:
-    source = training
-    fig = plots.validation_figure(source, stages) if source is not None else None
+    fig = plots.validation_figure(training, stages) if training is not None else None
     if fig is None:
         return [_missing("no val/{task}/{metric} values: validation did not run (check_val_every_n_epoch, "
                          "or the run stopped before its first evaluation)")]
@@ -191,7 +194,7 @@ def _headline(run: Run) -> list[str]:
 
 
 def _paper_comparable(run: Run) -> tuple[bool, str]:
-    data = (run.config.get("data") or {}).get("init_args") or {}
+    data = _init_args(run, "data")
     if data.get("demo") or any(str(r.get("id", "")).startswith("demo-") for r in run.predictions):
         return False, ("The paper's figures (Table 4) are not shown: this run's test set is the synthetic demo AMT, "
                        "not CMU-MOSEI / MELD / ECF 2.0.")
@@ -275,6 +278,13 @@ def _unparsed(run: Run) -> list[str]:
 
 
 # helpers ------------------------------------------------------------------------------------------
+
+def _init_args(run: Run, key: str) -> dict[str, Any]:
+    """`config[key]["init_args"]` (LightningCLI's `class_path`/`init_args` form), `{}` when it has another shape."""
+    section = run.config.get(key)
+    args = section.get("init_args") if isinstance(section, dict) else None
+    return args if isinstance(args, dict) else {}
+
 
 def _missing(text: str) -> str:
     return f'<p class="missing">{html.escape(text)}</p>'

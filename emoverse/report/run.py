@@ -179,7 +179,12 @@ def _read_predictions(run: Run) -> None:
     run.predictions_file, run.with_targets = files[0], with_targets
     bad: list[str] = []
     for file in files:
-        with open(file, encoding="utf-8", errors="replace") as f:
+        try:
+            f = open(file, encoding="utf-8", errors="replace")  # noqa: SIM115  (closed by the with below)
+        except OSError as err:
+            run.notes.append(f"{file.name}: unreadable ({err})")
+            continue
+        with f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

@@ -37,7 +37,8 @@ def planned_stages(run: Run) -> list[dict[str, Any]]:
     """`[{name, ratios, epochs}]`: from curriculum.json, else the config's MultiStageCurriculum, else []."""
     if run.draws and isinstance(run.draws.get("stages"), list):
         return [s for s in run.draws["stages"] if isinstance(s, dict) and isinstance(s.get("ratios"), dict)]
-    callbacks = (run.config.get("trainer") or {}).get("callbacks") or []
+    trainer = run.config.get("trainer")
+    callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
     for callback in callbacks if isinstance(callbacks, list) else []:
         if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("MultiStageCurriculum"):
             stages = (callback.get("init_args") or {}).get("stages")
