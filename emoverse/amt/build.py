@@ -179,6 +179,8 @@ class ShardBuilder:
         tmp = job.path.with_name(f".{job.path.name}.tmp")
         write_tar(records, tmp)
         os.replace(tmp, job.path)
+        for r in records:  # the frames are on disk now; a one-process build would otherwise hold them all
+            r.frames = []
         result = {"split": job.split, "shard": job.path.name, "records": len(records),
                   "sources": dict(Counter(r.source for r in records)), "labels": label_counts(records),
                   "qc": log.to_dict(), "fingerprint": fingerprint(self.config, job)}
