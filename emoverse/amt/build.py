@@ -166,11 +166,14 @@ class ShardBuilder:
 
     def __call__(self, job: ShardJob) -> dict[str, Any]:
         log = QCLog()
+        records = []
         for c in job.candidates:
-            for reason in c.removed:
-                r = c.record
+            r = self._media(c, log)
+            if r is None:  # dropped (counted); its other reasons do not count
+                continue
+            for reason in c.removed:  # labels the reader removed, counted for the records kept
                 log.remove(r.id, r.source, r.split, reason, c.origin, LABEL_REMOVALS[reason])
-        records = [r for c in job.candidates if (r := self._media(c, log)) is not None]
+            records.append(r)
         if self.eri is not None:
             by_id = {r.id: r for r in records}
             for rid, reason in self.eri.reasons(records).items():
