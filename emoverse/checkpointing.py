@@ -82,7 +82,7 @@ class ResumableCheckpoint(Checkpoint):
         self._signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._pending_rng: dict[str, Any] | None = None  # mid-epoch RNG state to restore at the next batch
-        self._epoch_end_save = False
+        self._last_of_epoch = False  # is the current batch an epoch's last? (any checkpoint saved now)
         self._base_seed: int | None = None
 
     # where --------------------------------------------------------------------------------------
@@ -124,6 +124,7 @@ class ResumableCheckpoint(Checkpoint):
         # Between two epochs Lightning draws from the global RNG a varying number of times (DataLoader
         # reloads and iterators; fewer when resuming, which skips the epoch-start hooks), so each epoch
         # starts from its own seed; a mid-epoch resume restores the state saved with the checkpoint.
+        self._last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
         if self._pending_rng is not None:
             _set_rng(self._pending_rng)
             self._pending_rng = None
@@ -146,7 +147,6 @@ class ResumableCheckpoint(Checkpoint):
         if not stepped or not (epoch_end or final or interval or signalled):
             return
         if step != self._saved_step or epoch_end:
-            self._epoch_end_save = epoch_end
             self.save(trainer, LAST)
             if epoch_end and self.keep_epoch_ends:
                 self._copy(trainer, self.last_path, f"epoch={trainer.current_epoch}-step={step}.ckpt")
@@ -182,7 +182,7 @@ class ResumableCheckpoint(Checkpoint):
     def state_dict(self) -> dict[str, Any]:
         # after an epoch's last batch the next epoch re-seeds, so only a mid-epoch state is needed
         return {"saved_step": self._saved_step, "base_seed": self._base_seed,
-                "rng": None if self._epoch_end_save else _get_rng()}
+                "rng": None if self._last_of_epoch else _get_rng()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved_step = state_dict.get("saved_step")

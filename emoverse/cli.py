@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emoverse {command}: {stop}", file=sys.stderr)
         return stop.exit_code
     except SIGTERMException:  # Lightning's own handling, outside `fit`'s training batches
-        print(f"emoverse {command}: stopped by SIGTERM (no checkpoint written outside training)", file=sys.stderr)
+        print(f"emoverse {command}: stopped by SIGTERM; no checkpoint written (outside training, or no "
+              "emoverse.checkpointing.ResumableCheckpoint in trainer.callbacks)", file=sys.stderr)
         return 143
     except Exception as err:
         if debug:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -445,19 +446,19 @@ def test_emoverse_fit_killed_by_sigterm_resumes_with_ckpt_path_last(demo_amt: Pa
             "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
-    def run(root: Path, *extra: str, kill_after_step: int | None = None) -> tuple[int, str]:
+    def run(root: Path, *extra: str, kill_after: str | None = None) -> tuple[int, str]:
         cmd = [*args, "--trainer.logger.init_args.save_dir", str(root), *extra]
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
-        if kill_after_step is not None:  # wait until metrics.csv shows the step, as an operator watching logs would
-            metrics = root / "lightning_logs" / "version_0" / "metrics.csv"
-            while proc.poll() is None and not (metrics.exists() and f",{kill_after_step}\n" in metrics.read_text()):
-                pass
+        if kill_after is not None:  # SIGTERM as soon as that checkpoint exists, wherever the run is then
+            while proc.poll() is None and not (root / "lightning_logs" / "version_0" / "checkpoints" / kill_after).exists():
+                time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=600)
         return proc.returncode, err
 
     assert run(tmp_path / "full")[0] == 0
-    code, err = run(tmp_path / "killed", kill_after_step=10)  # stage 2 starts at step 9 (3 epochs x 3 batches)
+    # 3 batches an epoch: stage 1 is epochs 0-2 (steps 1-9), stage 2 epochs 3-5 (steps 10-18)
+    code, err = run(tmp_path / "killed", kill_after="epoch=3-step=12.ckpt")
     assert code == 143 and "stopped by SIGTERM after step" in err and "resume with --ckpt_path last" in err
     code, err = run(tmp_path / "killed", "--ckpt_path", "last")
     assert code == 0 and "resuming from" in err
