@@ -27,7 +27,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
 
-
 BACKBONE = "tiny"
 
 

@@ -10,14 +10,13 @@ Train it with the quickstart config by changing only the backbone entry (docs/ba
 
 and `PYTHONPATH=examples emoverse fit --config my_quickstart.yaml`.
 
-The class implements the three abstract methods of `emoverse.backbones.Backbone` (`part_paths`,
-`logits`, `generate_ids`) and sets `model` and `processor`; it reuses emoverse's composed
-pieces for the placeholder scatter and the image preprocessing.
+The class sets `model` and `processor` and implements the one abstract method of
+`emoverse.backbones.Backbone`, `part_paths`; it reuses emoverse's composed pieces for the
+placeholder scatter and the image preprocessing, whose model follows the transformers calling
+convention, so `Backbone`'s default `logits` and `generate_ids` apply.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -73,14 +72,3 @@ class ConvBackbone(Backbone):
     def part_paths(self) -> dict[str, str]:
         # by module path: LoRA goes only on linear layers under "llm.model"
         return {"vision": "vision", "projector": "projector", "language_model": "llm.model"}
-
-    def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
-        return self.core(**inputs, logits_to_keep=keep).logits
-
-    def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        core, proc = self.core, self.processor
-        return core.llm.generate(
-            inputs_embeds=core.embed(inputs["input_ids"], inputs.get("pixel_values")),
-            attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id,
-        )

@@ -167,9 +167,12 @@ class BackboneProcessor(ABC):
 class Backbone(nn.Module, ABC):
     """A multimodal LLM: vision encoder → projector → language model, plus its `processor`.
 
-    Subclasses set `model` (the whole network; LoRA wraps it) and `processor` in `__init__`, and
-    implement `part_paths`, `logits` and `generate_ids`. The vision encoder starts frozen, the
-    projector trains and the language model trains through LoRA adapters (`add_lora`).
+    Subclasses set `model` (the whole network; LoRA wraps it) and `processor` in `__init__` and
+    implement `part_paths`. `model` follows the transformers calling convention (`forward(**inputs,
+    logits_to_keep=...)` returning `.logits`, `generate(**inputs, ...)` returning the prompt and the
+    new tokens); a model that does not overrides `logits` and `generate_ids`. The vision encoder
+    starts frozen, the projector trains and the language model trains through LoRA adapters
+    (`add_lora`).
 
     Attributes:
         model: the network, a `peft.PeftModel` after `add_lora`.
@@ -184,14 +187,24 @@ class Backbone(nn.Module, ABC):
         """Module paths, inside the unwrapped `model`, of "vision", "projector" and "language_model"
         (the decoder stack without the output head)."""
 
-    @abstractmethod
     def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
         """Logits `[B, len(keep), vocab]` at sequence positions `keep` (the positions predicting a
-        response token), so the full-vocabulary projection runs only where the loss needs it."""
+        response token), so the full-vocabulary projection runs only where the loss needs it.
 
-    @abstractmethod
+        The default calls `core(**inputs, logits_to_keep=keep)`, the transformers convention.
+        """
+        return self.core(**self.cast_inputs(inputs), logits_to_keep=keep, use_cache=False).logits
+
     def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        """Greedy, KV-cached generation from left-padded prompts: the new token ids `[B, T]`."""
+        """Greedy, KV-cached generation from left-padded prompts: the new token ids `[B, T]`.
+
+        The default calls `core.generate(**inputs, ...)`, the transformers convention (the output
+        starts with the prompt).
+        """
+        proc = self.processor
+        out = self.core.generate(**self.cast_inputs(inputs), max_new_tokens=max_new_tokens, do_sample=False,
+                                 use_cache=True, eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id)
+        return out[:, inputs["input_ids"].shape[1]:]
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Write the model with LoRA merged as a folder `transformers` loads (`emoverse export`)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +139,15 @@ class ComposedModel(nn.Module):
                 **kwargs: Any) -> Any:
         return self.llm(inputs_embeds=self.embed(input_ids, pixel_values), attention_mask=attention_mask, **kwargs)
 
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """The LLM's `generate` on the embedded prompt; returns the prompt ids and the new ones, as
+        transformers' VLMs do."""
+        new = self.llm.generate(inputs_embeds=self.embed(input_ids, pixel_values), attention_mask=attention_mask,
+                                **kwargs)
+        return torch.cat([input_ids, new], dim=1)
+
 
 class ComposedBackbone(Backbone):
     """Vision encoder (timm) → projector → causal LM (transformers), assembled by injection.
@@ -214,17 +222,6 @@ class ComposedBackbone(Backbone):
 
     def part_paths(self) -> dict[Part, str]:
         return {"vision": "vision", "projector": "projector", "language_model": f"llm.{self._decoder}"}
-
-    def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
-        return self.core(**inputs, logits_to_keep=keep).logits
-
-    def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        core, proc = self.core, self.processor
-        return core.llm.generate(
-            inputs_embeds=core.embed(inputs["input_ids"], inputs.get("pixel_values")),
-            attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False,
-            use_cache=True, eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id,
-        )
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Write the language model with LoRA merged and its tokenizer (a folder `AutoModelForCausalLM`

@@ -9,7 +9,6 @@ LoRA on the language model, and which parts train.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,15 +98,6 @@ class HFVisionLanguageBackbone(Backbone):
 
     def part_paths(self) -> dict[Part, str]:
         return dict(self._paths)  # type: ignore[arg-type]
-
-    def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
-        return self.core(**self.cast_inputs(inputs), logits_to_keep=keep, use_cache=False).logits
-
-    def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        proc = self.processor
-        out = self.core.generate(**self.cast_inputs(inputs), max_new_tokens=max_new_tokens, do_sample=False,
-                                 use_cache=True, eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id)
-        return out[:, inputs["input_ids"].shape[1]:]
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Write the model (LoRA merged, if any) and its processor as a folder `from_pretrained` loads."""
