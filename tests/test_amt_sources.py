@@ -159,3 +159,30 @@ def test_stage_sources_restrict_the_pool() -> None:
     untagged = [frozenset({"mer"})] * 3
     with pytest.raises(ValueError, match="records carry no source"):
         TaskWeightedSampler(untagged, [Stage(name="mer", ratios={"mer": 1}, sources=["meld"])], seed=0)
+
+
+def test_build_counts_every_removal_and_drop_in_the_manifest(tmp_path: Path) -> None:
+    from emoverse.amt import AMTBuildConfig, build_amt
+
+    path = tmp_path / "ecf.json"
+    conversations = [
+        {"conversation_ID": 7, "conversation": [
+            {"utterance_ID": 1, "text": "Hi .", "speaker": "Joey", "emotion": "joy"},
+            {"utterance_ID": 2, "text": "Ugh .", "speaker": "Ross", "emotion": "disgust"}],
+         "emotion-cause_pairs": [["2_disgust", "9"]]},
+        {"conversation_ID": 8, "conversation": [
+            {"utterance_ID": 1, "text": " ", "speaker": "Joey", "emotion": "joy"},
+            {"utterance_ID": 2, "text": "Wow .", "speaker": "Ross", "emotion": "awe"},
+            {"utterance_ID": 3, "text": "Yes !", "speaker": "Ross", "emotion": "joy"}],
+         "emotion-cause_pairs": [["3_joy", "3"], ["3_joy", "3"]]},
+    ]
+    path.write_text(json.dumps(conversations))
+    manifest = build_amt(AMTBuildConfig(output=str(tmp_path / "amt"), ecf=ECFSource({"train": str(path)}),
+                                        require_media=False), progress=False)
+    assert manifest["source_rows"] == {"ecf": {"train": 5}}
+    assert manifest["dropped"] == {"empty_text": 1, "label_out_of_range": 1}
+    assert manifest["labels_removed"] == {"bad_cause_pair": 2, "invalid_turn_emotion": 1}
+    assert manifest["notes"] == {"ecf_duplicate_pairs_merged": 1}
+    assert manifest["table1"]["Total"] == 3 and manifest["table1"]["Emotion Cause-Pair Extraction"] == 0
+    qc = [json.loads(line) for line in (tmp_path / "amt" / "qc.jsonl").read_text().splitlines()]
+    assert {q["id"] for q in qc if q["kind"] == "drop"} == {"ecf_c8_u1", "ecf_c8_u2"}

@@ -33,6 +33,7 @@ LABEL_REMOVALS: dict[str, str] = {
     "emotion_tie": "MER from MOSEI intensities: two emotions share the highest intensity",
     "bad_cause_pair": "ECPE: a pair of the conversation points to a turn that does not exist",
     "pair_emotion_mismatch": "ECPE: a pair's emotion differs from its emotion turn's label",
+    "invalid_turn_emotion": "ECPE: a turn of the conversation has an emotion outside the seven (that turn is dropped)",
 }
 """Why one label of a record is removed (the record stays for its other tasks)."""
 

@@ -12,8 +12,9 @@ One record per utterance: its emotion (MER and the ECPE target's emotion) and it
 whole conversation (every other turn) by default: in the ECF 2.0 test set 86 of 2,462 pairs have
 their cause after the emotion turn, which a context of earlier turns could never name.
 Duplicate pairs are merged (as the SemEval scorer does) and counted. A pair whose turn does not
-exist, or whose emotion differs from its emotion turn's label, removes the ECPE label of that
-conversation's records (counted, `bad_cause_pair` / `pair_emotion_mismatch`).
+exist, or whose emotion differs from its emotion turn's label, or a turn whose emotion is not one
+of the seven (that turn is dropped), removes the ECPE label of that conversation's records
+(counted, `bad_cause_pair` / `pair_emotion_mismatch` / `invalid_turn_emotion`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class ECFSource:
                 continue
             seen.add((emotion_turn, cause_turn))
             pairs[emotion_turn].append((emotion_turn, cause_turn, label))
+        if not removed and any(t.emotion not in EMOTIONS for t in conv.turns):
+            removed = ("invalid_turn_emotion",)  # the pairs cannot be scored against a turn that is not a record
         for t in conv.turns:
             rid = f"ecf_c{conv.id}_u{t.turn}"
             origin = f"{conv.origin} turn {t.turn}"
@@ -108,7 +111,8 @@ class ECFSource:
             if t.emotion not in EMOTIONS:
                 yield Rejected(rid, self.name, split, "label_out_of_range", origin, f"emotion={t.emotion!r}")
                 continue
-            context = [Utterance(turn=u.turn, speaker=u.speaker, text=u.text, emotion=u.emotion)
+            context = [Utterance(turn=u.turn, speaker=u.speaker, text=u.text,
+                                 emotion=u.emotion if u.emotion in EMOTIONS else None)
                        for u in conv.turns if u.turn != t.turn and (self.context == "conversation" or u.turn < t.turn)]
             record = AMTRecord(
                 id=rid, source="ecf", split=split, text=t.text.strip(), speaker=t.speaker or None,
