@@ -199,6 +199,9 @@ class EmoVerseModule(pl.LightningModule):
             from emoverse.distributed import fully_shard_backbone
 
             fully_shard_backbone(self, self.device_mesh["data_parallel"])
+            # the strategy loads a checkpoint's weights itself, before on_load_checkpoint could complete
+            # a trainable-only one with the frozen weights: let it skip the keys the checkpoint lacks
+            self.strict_loading = False
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -223,6 +226,8 @@ class EmoVerseModule(pl.LightningModule):
             ValueError: a weight the checkpoint trained is missing, or it holds weights this backbone
                 does not have (a checkpoint of another backbone).
         """
+        if "state_dict" not in checkpoint:  # ModelParallelStrategy has loaded the weights itself
+            return
         state = checkpoint["state_dict"]
         own = self.state_dict()
         trained = set(checkpoint.get(TRAINED_KEY, state))
