@@ -35,7 +35,7 @@ def test_stream_mixes_tasks_by_ratio_and_reshuffles_per_epoch(small_amt: Path, t
 def test_streaming_datamodule_trains_with_workers(small_amt: Path, tmp_path: Path) -> None:
     module = EmoVerseModule("tiny", lr=1e-3, tasks=["msa", "mer"])
     data = AMTDataModule(str(small_amt), batch_size=4, num_workers=2, streaming=True,
-                         stream_ratios={"msa": 1, "mer": 1})
+                         stream_ratios={"msa": 1, "mer": 1}, processor=module.processor, tasks=module.tasks)
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(module, data)
@@ -46,7 +46,8 @@ def test_streaming_datamodule_trains_with_workers(small_amt: Path, tmp_path: Pat
 
 def test_stream_without_max_steps_is_an_error(small_amt: Path, tmp_path: Path) -> None:
     module = EmoVerseModule("tiny", tasks=["msa"])
-    data = AMTDataModule(str(small_amt), batch_size=4, streaming=True)
+    data = AMTDataModule(str(small_amt), batch_size=4, streaming=True, processor=module.processor,
+                         tasks=module.tasks)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="set Trainer\\(max_steps=...\\)"):
