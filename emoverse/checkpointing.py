@@ -147,9 +147,12 @@ class ResumableCheckpoint(Checkpoint):
         if not stepped or not (epoch_end or final or interval or signalled):
             return
         if step != self._saved_step or epoch_end:
-            self.save(trainer, LAST)
-            if epoch_end and self.keep_epoch_ends:
-                self._copy(trainer, self.last_path, f"epoch={trainer.current_epoch}-step={step}.ckpt")
+            if epoch_end and self.keep_epoch_ends:  # the kept copy first, so last.ckpt is the newest file
+                kept = self.save(trainer, f"epoch={trainer.current_epoch}-step={step}.ckpt")
+                self.kept.append(kept)
+                self._copy(trainer, kept, LAST)
+            else:
+                self.save(trainer, LAST)
             self._saved_step = step
         if signalled:
             raise TrainingInterrupted(self._signal or signal.SIGTERM, step, self.last_path)
@@ -177,7 +180,7 @@ class ResumableCheckpoint(Checkpoint):
             shutil.copyfile(source, tmp)
             atomic_replace(tmp, final)
         trainer.strategy.barrier("ResumableCheckpoint.copy")
-        self.kept.append(final)
+        self.last_path = final
 
     def state_dict(self) -> dict[str, Any]:
         # after an epoch's last batch the next epoch re-seeds, so only a mid-epoch state is needed

@@ -77,7 +77,8 @@ class EmoVerseCLI(LightningCLI):
             if found is None:
                 where = ", ".join(str(f) for f in folders) or "(no logger folder configured)"
                 raise UserError(f"--ckpt_path last: no checkpoint under {where}; pass the file with --ckpt_path PATH")
-            print(f"emoverse {self.subcommand}: resuming from {found} (the newest checkpoint under "
+            verb = "resuming from" if self.subcommand == "fit" else "using"
+            print(f"emoverse {self.subcommand}: {verb} {found} (the newest checkpoint under "
                   f"{', '.join(map(str, folders))})", file=sys.stderr)
             config.ckpt_path = str(found)
         if root is not None and config.trainer.logger.init_args.get("version") is None:

@@ -368,6 +368,7 @@ def test_interval_and_epoch_end_checkpoints(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 8
+    assert find_last_checkpoint(folder) == folder / "last.ckpt"  # written after the epoch's kept copy
 
 
 def test_kill_during_a_write_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
