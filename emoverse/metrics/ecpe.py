@@ -45,6 +45,11 @@ class ECPEPairF1(Metric):
     `weighted_f1`); `precision`/`recall`/`f1` are micro over the six emotions. Pairs labelled
     neutral are stored but enter no score.
 
+    Pairs are pooled per conversation, so when answers are collected one target utterance at a
+    time (the ECPE task), a predicted pair must belong to the utterance that was asked about:
+    otherwise an answer about another turn could match that turn's gold pair. `ECPE.parse` drops
+    such pairs (emotion turn != target turn) and counts them in `ignored_pairs`.
+
     Args:
         compat: `"semeval"` (default) scores every predicted pair, so pairs predicted for an
             utterance without any gold cause are false positives. `"emoverse-release"` reproduces
