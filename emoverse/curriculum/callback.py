@@ -229,8 +229,8 @@ class MultiStageCurriculum(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._fit_started and self._trainer is not None:
-            # FSDP / ModelParallel / DeepSpeed: restored after on_fit_start, the optimizer exists and its
-            # state is loaded right after this call; the loops have not run yet
+            # FSDP / ModelParallel / DeepSpeed: restored after on_fit_start; the optimizer exists (these
+            # strategies have already loaded its state) and the loops have not run yet
             self._apply(dict(state_dict), self._trainer, self._trainer.lightning_module)
         else:
             self._loaded = dict(state_dict)  # applied in on_fit_start: the optimizer does not exist yet
@@ -251,7 +251,8 @@ class MultiStageCurriculum(Callback):
             elif [g["params"] for g in describe_groups(pl_module, optimizer)] != [g["params"] for g in groups]:
                 raise RuntimeError(
                     f"MultiStageCurriculum: the checkpoint was written in stage {self._stage} "
-                    f"({self.stages[self._stage or 0].name!r}), whose optimizer groups differ from the first stage's; "
+                    f"({self.stages[self._stage or 0].name!r}), whose optimizer groups differ from those "
+                    "configure_optimizers built; "
                     f"{type(trainer.strategy).__name__} loads the optimizer state before callbacks can rebuild them, "
                     "so this resume is not supported: resume from a checkpoint of the first stage's parts"
                 )
