@@ -81,9 +81,15 @@ class EmoVerseCLI(LightningCLI):
             print(f"emoverse {self.subcommand}: {verb} {found} (the newest checkpoint under "
                   f"{', '.join(map(str, folders))})", file=sys.stderr)
             config.ckpt_path = str(found)
+
+    def instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = _logger_root(config)
         if root is not None and config.trainer.logger.init_args.get("version") is None:
             # claimed now, before the Trainer exists: a run started at the same time gets the next one
+            # (here rather than in before_instantiate_classes, so parsing alone never creates a folder)
             config.trainer.logger.init_args.version = claim_version(root)
+        super().instantiate_classes()
 
 
 def _logger_root(config: Any) -> Path | None:

@@ -117,3 +117,10 @@ def test_wrong_key_is_rejected(bad: str, tmp_path: Path, monkeypatch: pytest.Mon
     base = REPO / "examples" / "configs" / "m2se_4b.yaml"
     with pytest.raises(ArgumentError):
         parse(["--config", str(base), "--config", str(override)], monkeypatch)
+
+
+def test_parsing_alone_creates_no_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parse-only CLIs (these tests, --print_config) claimed a version_N folder in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    parse(["--config", str(REPO / "examples" / "configs" / "quickstart.yaml")], monkeypatch)
+    assert not (tmp_path / "runs").exists()
