@@ -6,8 +6,7 @@ import the whole training stack.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from emoverse._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -16,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     "AMTRecord": "emoverse.data",
     "make_demo_amt": "emoverse.data",
     "Backbone": "emoverse.backbones",
+    "ComposedBackbone": "emoverse.backbones",
+    "HFVisionLanguageBackbone": "emoverse.backbones",
     "create_backbone": "emoverse.backbones",
     "list_backbones": "emoverse.backbones",
     "register_backbone": "emoverse.backbones",
@@ -31,13 +32,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'emoverse' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

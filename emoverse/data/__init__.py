@@ -6,8 +6,7 @@ the AMT builders) do not import Lightning or transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from emoverse._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "AMTCollator": "emoverse.data.collator",
@@ -25,13 +24,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'emoverse.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
