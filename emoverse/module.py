@@ -28,7 +28,7 @@ _PYTHON_BUILT = "python-object:"
 
 
 class EmoVerseModule(pl.LightningModule):
-    """Vision encoder (frozen) → projector (trained) → LLM with LoRA, on the AMT tasks.
+    """Vision encoder (frozen) → projector (trained) → language model with LoRA, on the AMT tasks.
 
     Args:
         backbone: a registered backbone name (see `list_backbones()`) or a `Backbone` instance
@@ -37,6 +37,8 @@ class EmoVerseModule(pl.LightningModule):
         tasks: the tasks trained and evaluated.
         task_args: constructor arguments per task, e.g. `{"mer": {"template": "..."}}`.
         lora_r, lora_alpha, lora_dropout: LoRA settings (the paper: r=8, alpha=32).
+        lora_targets: last names of the language model's linear layers that get adapters (e.g.
+            `[q_proj, v_proj]`); default: all of them. Never layers outside the language model.
         trainable: parts trained from the start ("projector", "lora", "vision"); a
             `MultiStageCurriculum` may change them per stage.
         lr: peak learning rate (the paper: 1e-5); warm-up then cosine decay to zero.
