@@ -201,3 +201,23 @@ def test_projector_starts_at_the_text_embedding_scale() -> None:
     visual = bb.core.encode_images(torch.randn(8, 3, 64, 64)).norm(dim=-1).mean()
     text = bb.core.llm.get_input_embeddings().weight.norm(dim=-1).median()
     assert 0.5 < float(visual / text) < 2.0
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_llava"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(name: str) -> None:
+    plain, ckpt = create_backbone(name), create_backbone(name)
+    for bb, checkpointing in ((plain, False), (ckpt, True)):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        bb.add_lora(4, 16, 0.0, gradient_checkpointing=checkpointing)
+    assert ckpt.part("language_model").gradient_checkpointing
+    assert not plain.part("language_model").gradient_checkpointing
+    results = []
+    for bb in (plain, ckpt):
+        bb.set_trainable(["projector", "lora"])
+        bb.train()
+        out = bb.loss(bb.processor(examples(), "train"))
+        out["loss"].backward()
+        results.append((out["loss"].detach(), {n: p.grad for n, p in bb.named_parameters() if p.grad is not None}))
+    (la, ga), (lb, gb) = results
+    assert torch.allclose(la, lb) and ga.keys() == gb.keys() and ga
+    assert all(torch.allclose(ga[n], gb[n], atol=1e-6) for n in ga)
