@@ -1,8 +1,8 @@
 """The paper's models: EmoVerse-4B = InternVL2-4B and EmoVerse-8B = InternVL2-8B, whole pretrained MLLMs.
 
 Both are InternViT-300M-448px → pixel shuffle (0.5) + the trained MLP projector → an LLM, loaded
-through the transformers-native InternVL classes from a converted checkpoint folder (see
-docs/backbones.md, "The paper's models"); with `pretrained=False` they build from the released
+through the transformers-native InternVL classes from a checkpoint folder converted with
+`emoverse.backbones.internvl2_convert`; with `pretrained=False` they build from the released
 configurations with random weights, on the `meta` device by default, so their architecture and
 parameter counts can be checked without a download (as timm's `create_model(pretrained=False)`).
 
@@ -53,8 +53,9 @@ def _internvl2(name: str, text: dict[str, Any], pretrained: bool, path: str | No
     if pretrained:
         if path is None:
             raise ValueError(f"{name}(pretrained=True) needs path=<a transformers-native InternVL2 folder>: the "
-                             "released checkpoints use remote code; convert them first (docs/backbones.md), or "
-                             "pass pretrained=False for random weights")
+                             "released checkpoints use remote code; convert one with `python -m "
+                             "emoverse.backbones.internvl2_convert RELEASE_DIR OUT_DIR`, or pass pretrained=False "
+                             "for random weights")
         kwargs.setdefault("dtype", "bfloat16")
         return HFVisionLanguageBackbone(path, **kwargs)
     config = internvl2_config(text, IMAGE_CONTEXT_ID[name])
