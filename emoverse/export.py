@@ -1,6 +1,6 @@
-"""Export: the trained weights alone (peft adapter + projector), or the whole model with LoRA merged.
+"""`emoverse export CKPT OUT`: merge LoRA into the model and write a folder `from_pretrained` loads.
 
-`export_trained` writes what a downstream user needs next to the base backbone; `export_merged`
+Two exports: `export_trained` writes what a downstream user needs next to the base backbone; `export_merged`
 (`emoverse export CKPT OUT`) writes a folder `transformers` loads with `from_pretrained`: the VLM's
 own class for HF backbones, the causal LM plus projector and vision weights for composed ones.
 Lightning `.ckpt` files remain the way to resume training (they also hold optimizer and
