@@ -64,7 +64,8 @@ def _dialogue(turns: int) -> AMTRecord:
     context = [Utterance(turn=k, speaker="Ross", text=f"utterance number {k} " * 3, emotion="neutral")
                for k in range(1, turns)]
     return AMTRecord(id="dia1_utt40", source="ecf", split="train", text="I cannot believe it!", speaker="Rachel", dialogue_id="1",
-                     turn=turns, context=context, labels=AMTLabels(emotion="surprise", cause_pairs=[(turns, turns, "surprise")]),
+                     turn=turns, context=context,
+                     labels=AMTLabels(emotion="surprise", cause_pairs=[(turns, 1, "surprise"), (turns, turns, "surprise")]),
                      frames=[Image.new("RGB", (64, 64))] * 4)
 
 
@@ -78,6 +79,7 @@ def test_long_dialogue_loses_its_oldest_turns_not_the_instruction() -> None:
     assert "The emotion-cause indices of the target utterance are:" in ex["query"]  # and the answer format
     assert "40_surprise. Rachel: I cannot believe it!" in ex["query"]      # and the target
     assert "1_neutral." not in ex["query"] and "39_neutral." in ex["query"]  # the oldest turns went first
+    assert ex["response"] == "40_surprise,40"  # the cause in the dropped turn 1 is no longer answerable
     batch = AMTCollator(processor, "train")([ex])
     assert batch["inputs"]["input_ids"].shape[1] <= 420 and batch["num_truncated"] == 1
 

@@ -112,6 +112,8 @@ def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, nu
                              "or a backbone with a longer context")
         shown, truncated = dataclasses.replace(shown, context=shown.context[1:]), True
         query = task.query(shown, random.Random(seed_text))
+        if label:  # the answer may only name what the prompt still shows (ECPE causes in dropped turns)
+            response = task.response(shown)
     record.frames = []  # the batch carries labels and ids, not decoded images
     return {"id": record.id, "task": task.name, "query": query, "response": response,
             "images": images, "record": record, "truncated": truncated}

@@ -149,10 +149,12 @@ class ECPE(Task):
         )
 
     def response(self, record: AMTRecord) -> str:
-        # A cause after the last turn shown (3.5% of ECF 2.0 test pairs are after the target, so with
-        # a context of earlier turns only) is not in the prompt: the answer leaves it out, the gold of
-        # `target()` keeps it (SemEval scores it as missed).
-        shown = sorted(p for p in record.labels.cause_pairs if p[1] <= last_turn(record))
+        # A cause in a turn the prompt does not show (after the last turn shown: 3.5% of ECF 2.0 test
+        # pairs are after the target, so with a context of earlier turns only; or dropped from a dialogue
+        # too long for the context) is left out of the answer, the gold of `target()` keeps it (SemEval
+        # scores it as missed).
+        visible = {record.turn, *(u.turn for u in record.context)}
+        shown = sorted(p for p in record.labels.cause_pairs if p[1] in visible)
         return ";".join(f"{e}_{emotion},{c}" for e, c, emotion in shown)
 
     def parse(self, text: str, record: AMTRecord | None = None) -> ECPEAnswer | None:
