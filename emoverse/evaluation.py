@@ -88,7 +88,7 @@ def _answer(backbone: Backbone, tasks: Mapping[str, Task], record: AMTRecord, na
     frames = list(record.frames)
     examples = []
     for name in names:
-        record.frames = frames
+        record.frames = frames  # make_example drops the decoded frames from the record it batches
         examples.append(make_example(record, tasks[name], backbone.processor, num_frames, seed=0, label=False))
     batch = move_to(backbone.processor(examples, "generate"), next(backbone.parameters()).device)
     was_training = backbone.training

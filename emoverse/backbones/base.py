@@ -23,7 +23,6 @@ from PIL import Image
 from torch import nn
 
 Part = Literal["vision", "projector", "language_model"]
-TrainPart = Literal["projector", "lora", "vision"]
 TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision")
 IGNORE_INDEX = -100
 _SENTINEL = "\x00EMOVERSE\x00"
@@ -36,7 +35,8 @@ class BackboneProcessor(ABC):
     and `encode` (prompt texts + frames → left-padded model inputs); this base class adds the
     response, masks the labels to it, pads, and measures prompts.
 
-    An example is a dict `{id, task, query, response, images, record}` (`images`: PIL frames).
+    An example is a dict `{id, task, query, response, images, record}` (`images`: RGB PIL frames, as
+    `emoverse.data.dataset.make_example` gives them).
 
     Attributes:
         tokenizer: the model's tokenizer.
@@ -76,10 +76,9 @@ class BackboneProcessor(ABC):
     def end_ids(self) -> list[int]:
         """What the chat template writes after an assistant message (the end-of-turn marker, ...)."""
         full = self.render(self.messages("q", 0, response=_SENTINEL), add_generation_prompt=False)
-        end = full.rpartition(_SENTINEL)[2]
         if _SENTINEL not in full:
             raise ValueError("the chat template must render the assistant message's content")
-        return self.tokenize(end)
+        return self.tokenize(full.rpartition(_SENTINEL)[2])
 
     @property
     def stop_ids(self) -> list[int]:
@@ -322,10 +321,8 @@ def _keep_cpu_4bit_layout(model: nn.Module) -> None:
     weight with wrong values: measured on the tiny LLM, the LoRA gradient norm fell from 23.7 to
     5.0 after one validation pass and the loss moved. Training needs the training layout.
     """
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:
-        return
+    from bitsandbytes.nn import Linear4bit  # a quantized model was loaded through it
+
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False

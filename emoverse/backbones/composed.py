@@ -94,7 +94,7 @@ class ComposedProcessor(BackboneProcessor):
             input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             mask[b, width - len(ids):] = 1
         out = {"input_ids": input_ids, "attention_mask": mask}
-        frames = [self.transform(img.convert("RGB")) for imgs in images for img in imgs]
+        frames = [self.transform(img) for imgs in images for img in imgs]
         if frames:
             out["pixel_values"] = torch.stack(frames)
         return out

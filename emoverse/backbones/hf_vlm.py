@@ -47,7 +47,7 @@ class HFProcessor(BackboneProcessor):
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": "left",
                                   "add_special_tokens": False, **self.images_kwargs}
         if any(images):
-            kwargs["images"] = [[img.convert("RGB") for img in imgs] for imgs in images]
+            kwargs["images"] = images
         return dict(self.processor(**kwargs))
 
 
