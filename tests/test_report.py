@@ -377,3 +377,33 @@ def test_report_of_a_short_real_run(tmp_path: Path) -> None:
     assert {"mer_confusion", "mer_f1", "msa"} <= {Path(s).stem for s in test_page.images}
     text = (Path(tester.log_dir) / "report.html").read_text()
     assert "synthetic demo AMT" in text and "<h3>FER" in text and "<h3>ERI" in text
+
+
+class _Rank:
+    """A trainer as one rank of two sees it; `log_dir` is a collective (a broadcast), so it is counted."""
+
+    def __init__(self, rank: int, root: Path) -> None:
+        self.is_global_zero, self.global_rank, self.world_size = rank == 0, rank, 1
+        self.root, self.collectives = root, 0
+        self.current_epoch, self.global_step, self.callbacks, self.default_root_dir = 0, 0, [], str(root)
+
+    @property
+    def log_dir(self) -> str:
+        self.collectives += 1
+        return str(self.root)
+
+
+def test_every_rank_makes_the_same_collectives(tmp_path: Path) -> None:
+    # rank 0 reading Trainer.log_dir in a rank-0-only branch hung every DDP run at its first epoch end
+    ranks = [_Rank(r, tmp_path) for r in (0, 1)]
+    module = nn.Linear(1, 1)
+    module.device = torch.device("cpu")
+    for trainer in ranks:
+        report = RunReport()
+        report.setup(trainer, module, "fit")
+        report.on_train_epoch_start(trainer, module)
+        report.on_train_batch_end(trainer, module, None, {"tasks": ["msa"]}, 0)
+        report.on_train_epoch_end(trainer, module)
+        report.on_fit_end(trainer, module)
+    assert ranks[0].collectives == ranks[1].collectives
+    assert json.loads((tmp_path / "curriculum.json").read_text())["epochs"][0]["drawn"] == {"msa": 1}

@@ -26,7 +26,9 @@ class RunReport(Callback):
     rewritten at every epoch's end, so a stopped run keeps what it drew; the counts are part of
     the callback's checkpoint state, so a resumed run continues them.
 
-    A report that fails to render is a warning, never a failed run. Only rank 0 writes.
+    A report that fails to render is a warning, never a failed run. Only rank 0 writes, but every
+    rank resolves the run folder in `setup`: `Trainer.log_dir` is a collective (a broadcast from
+    rank 0), so reading it inside a rank-0-only branch would leave rank 0 waiting for the others.
 
     Args:
         out_dir: where the page goes; None = the trainer's `log_dir` (the run folder).
@@ -41,6 +43,13 @@ class RunReport(Callback):
         self._epochs: list[dict[str, Any]] = []  # finished epochs: {epoch, stage, first_step, drawn}
         self._current: Counter[str] = Counter()  # this rank's draws in the running epoch
         self._first_step: int | None = None
+        self._dir: Path | None = None  # where the files go, resolved on every rank in setup
+        self._run_dir: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        log_dir = trainer.log_dir  # a broadcast: all ranks call it here, together
+        self._run_dir = Path(log_dir) if log_dir else None
+        self._dir = Path(self.out_dir or log_dir or trainer.default_root_dir)
 
     # counting -----------------------------------------------------------------------------------
 
@@ -76,7 +85,7 @@ class RunReport(Callback):
         curriculum = _curriculum(trainer)
         stages = ([{"name": s.name, "ratios": s.ratios, "epochs": s.epochs, "budget": s.budget}
                    for s in curriculum.stages] if curriculum else [])
-        path = self._out(trainer) / DRAWS_FILE
+        path = self._out() / DRAWS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"stages": stages, "epochs": self._epochs}, indent=1) + "\n", encoding="utf-8")
 
@@ -93,16 +102,17 @@ class RunReport(Callback):
     def _report(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero:
             return
-        out = self._out(trainer)
+        out = self._out()
         try:
-            path = write_report(Path(trainer.log_dir or out), out)
+            path = write_report(self._run_dir or out, out)
         except Exception as err:  # the run's results matter more than its page
             rank_zero_warn(f"RunReport: no report for {out}: {type(err).__name__}: {err}")
             return
         rank_zero_info(f"RunReport: wrote {path}")
 
-    def _out(self, trainer: Trainer) -> Path:
-        return Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
+    def _out(self) -> Path:
+        assert self._dir is not None, "RunReport used before setup"
+        return self._dir
 
     # checkpointing ------------------------------------------------------------------------------
 
