@@ -7,7 +7,7 @@ write goes to a temporary file that is synced and then renamed over the old one,
 the write leaves the previous checkpoint whole. So that a resumed run with dropout ends with the
 same weights as an uninterrupted one, the global RNGs (torch, CUDA, numpy, random) are re-seeded at
 every epoch's first batch from (base seed, epoch, rank), and a mid-epoch checkpoint carries their
-state, restored at the first batch after resuming (exact on a single process).
+state of every rank, restored at the first batch after resuming (exact on every rank).
 
 `claim_version` and `find_last_checkpoint` back `emoverse fit --ckpt_path last` and keep
 concurrent runs out of each other's `version_N` folder.
@@ -27,6 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
@@ -56,8 +57,9 @@ class ResumableCheckpoint(Checkpoint):
 
     Files in `dirpath`: `last.ckpt` (the newest state; what `--ckpt_path last` resumes; also
     written when `max_steps` ends the run) and, with `keep_epoch_ends`, `epoch={E}-step={S}.ckpt`
-    for every epoch end (each curriculum stage end among them). All are saved at a training batch
-    end, the point Lightning resumes exactly from.
+    for every epoch end (each curriculum stage end among them). Mid-epoch checkpoints are saved at a
+    training batch end, epoch-end ones in `on_train_epoch_end` (after the epoch's validation): the
+    points Lightning resumes exactly from, whatever the next epoch's length.
 
     Args:
         dirpath: folder of the checkpoints; default `{logger.log_dir}/checkpoints` (or
@@ -81,8 +83,8 @@ class ResumableCheckpoint(Checkpoint):
         self._saved_step: int | None = None
         self._signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
-        self._pending_rng: dict[str, Any] | None = None  # mid-epoch RNG state to restore at the next batch
-        self._last_of_epoch = False  # is the current batch an epoch's last? (any checkpoint saved now)
+        self._pending_rng: list[dict[str, Any]] | None = None  # every rank's mid-epoch RNG state, restored at the next batch
+        self._epoch_end = False  # is a checkpoint being written at an epoch's end?
         self._base_seed: int | None = None
 
     # where --------------------------------------------------------------------------------------
@@ -123,10 +125,9 @@ class ResumableCheckpoint(Checkpoint):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         # Between two epochs Lightning draws from the global RNG a varying number of times (DataLoader
         # reloads and iterators; fewer when resuming, which skips the epoch-start hooks), so each epoch
-        # starts from its own seed; a mid-epoch resume restores the state saved with the checkpoint.
-        self._last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+        # starts from its own seed; a mid-epoch resume restores this rank's state saved with the checkpoint.
         if self._pending_rng is not None:
-            _set_rng(self._pending_rng)
+            _set_rng(self._pending_rng[trainer.global_rank])
             self._pending_rng = None
         elif batch_idx == 0:
             if self._base_seed is None:
@@ -135,27 +136,44 @@ class ResumableCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # an epoch's last batch: saved in on_train_epoch_end, the point Lightning resumes an epoch end from
         step = trainer.global_step
-        # the last batch of an epoch, or of the run when max_steps ends it mid-epoch
-        epoch_end = batch_idx + 1 >= trainer.num_training_batches
-        final = 0 < trainer.max_steps <= step
-        stepped = epoch_end or (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        signalled = self._signal is not None
-        if trainer.world_size > 1:  # every rank must stop (and save) together
-            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        final = 0 < trainer.max_steps <= step  # max_steps ends the run mid-epoch
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        signalled = self._signalled(trainer)
         interval = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
-        if not stepped or not (epoch_end or final or interval or signalled):
+        if not stepped or not (final or interval or signalled):
             return
-        if step != self._saved_step or epoch_end:
-            if epoch_end and self.keep_epoch_ends:  # the kept copy first, so last.ckpt is the newest file
+        if step != self._saved_step:
+            self.save(trainer, LAST)
+            self._saved_step = step
+        if signalled:
+            raise TrainingInterrupted(self._signal or signal.SIGTERM, step, self.last_path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the epoch's validation: resumed from here, Lightning starts the next epoch whatever its length
+        # (a checkpoint of the last batch's end would count that epoch's batches against the next one's).
+        step, signalled = trainer.global_step, self._signalled(trainer)
+        self._epoch_end = True  # the next epoch re-seeds: no RNG state to keep
+        try:
+            if self.keep_epoch_ends:  # the kept copy first, so last.ckpt is the newest file
                 kept = self.save(trainer, f"epoch={trainer.current_epoch}-step={step}.ckpt")
                 self.kept.append(kept)
                 self._copy(trainer, kept, LAST)
             else:
                 self.save(trainer, LAST)
-            self._saved_step = step
+        finally:
+            self._epoch_end = False
+        self._saved_step = step
         if signalled:
             raise TrainingInterrupted(self._signal or signal.SIGTERM, step, self.last_path)
+
+    def _signalled(self, trainer: pl.Trainer) -> bool:
+        signalled = self._signal is not None
+        if trainer.world_size > 1:  # every rank must stop (and save) together
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        return signalled
 
     # how ----------------------------------------------------------------------------------------
 
@@ -183,18 +201,24 @@ class ResumableCheckpoint(Checkpoint):
         self.last_path = final
 
     def state_dict(self) -> dict[str, Any]:
-        # after an epoch's last batch the next epoch re-seeds, so only a mid-epoch state is needed
-        return {"saved_step": self._saved_step, "base_seed": self._base_seed,
-                "rng": None if self._last_of_epoch else _get_rng()}
+        # every rank's RNG state (all ranks save together), so dropout resumes exactly on each; after an
+        # epoch's end the next epoch re-seeds, so only a mid-epoch state is needed
+        rng = None
+        if not self._epoch_end:
+            rng = [_get_rng()]
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                rng = [None] * dist.get_world_size()
+                dist.all_gather_object(rng, _get_rng())
+        return {"saved_step": self._saved_step, "base_seed": self._base_seed, "rng": rng}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        rng = state_dict.get("rng")
+        if isinstance(rng, dict):
+            raise ValueError("this checkpoint predates emoverse's curriculum redesign (it holds one rank's RNG "
+                             "state): it cannot be resumed exactly; start a new fit")
         self._saved_step = state_dict.get("saved_step")
         self._base_seed = state_dict.get("base_seed")
-        self._pending_rng = state_dict.get("rng")
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size > 1 and self._pending_rng is not None:
-            self._pending_rng = None  # rank 0's RNG state only: not restored on several ranks
+        self._pending_rng = rng
 
 
 def atomic_replace(tmp: Path, final: Path) -> None:

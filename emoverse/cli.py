@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from emoverse._quiet import quiet_third_party
 from emoverse.checkpointing import TrainingInterrupted, claim_version, find_last_checkpoint
+from emoverse.curriculum import Curriculum, MultiStageCurriculum, m2se_stages
 from emoverse.prediction import JSONLPredictionWriter
 
 
@@ -31,8 +32,6 @@ def cli_kwargs() -> dict[str, Any]:
     trainer_defaults = {
         "default_root_dir": "runs",
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
-        # TaskWeightedSampler gives each DDP rank its share itself
-        "use_distributed_sampler": False,
         # callbacks given here are always present: `emoverse predict` leaves {log_dir}/predictions.jsonl
         "callbacks": [JSONLPredictionWriter()],
     }
@@ -67,9 +66,23 @@ class EmoVerseCLI(LightningCLI):
         parser.link_arguments("model", "data.init_args.processor", compute_fn=lambda m: m.processor,
                               apply_on="instantiate")
         parser.link_arguments("model", "data.init_args.tasks", compute_fn=lambda m: m.tasks, apply_on="instantiate")
+        # one Curriculum object (top-level `curriculum:`) for the datamodule, the module and the callback
+        parser.add_argument("--curriculum", type=Curriculum | None, default=None,
+                            help="the M2SE stages (docs/curriculum.md); the CLI adds MultiStageCurriculum for it")
+        parser.link_arguments("curriculum", "data.init_args.curriculum", apply_on="instantiate")
+        parser.link_arguments("curriculum", "model.init_args.curriculum", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        curriculum = init.get("curriculum")
+        if curriculum is not None:
+            listed = list(init["trainer"].get("callbacks") or [])
+            kwargs["callbacks"] = [*listed, MultiStageCurriculum(curriculum)]
+        return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        _derive_epochs(config)
         root = _logger_root(config)
         if config.get("ckpt_path") == "last":
             folders = [*_checkpoint_dirs(config), *([root] if root else [])]
@@ -90,6 +103,24 @@ class EmoVerseCLI(LightningCLI):
             # (here rather than in before_instantiate_classes, so parsing alone never creates a folder)
             config.trainer.logger.init_args.version = claim_version(root)
         super().instantiate_classes()
+
+
+def _derive_epochs(config: Any) -> None:
+    """With a curriculum, the Trainer's epochs are the stages' (given or checked, in this one place),
+    and the train loader is rebuilt every epoch (stages differ in length)."""
+    curriculum = config.get("curriculum")
+    if curriculum is None:
+        return
+    stages = curriculum.init_args.get("stages") or m2se_stages()
+    total = sum(stage.epochs for stage in stages)
+    trainer = config.trainer
+    if trainer.get("max_epochs") is None:
+        trainer.max_epochs = total
+    elif trainer.max_epochs != total and trainer.get("max_steps", -1) in (None, -1):
+        raise UserError(f"trainer.max_epochs={trainer.max_epochs} but the curriculum's stages last {total} epochs; "
+                        "drop trainer.max_epochs (it is derived from the stages) or change the stages' epochs")
+    if trainer.get("reload_dataloaders_every_n_epochs") in (None, 0):
+        trainer.reload_dataloaders_every_n_epochs = 1
 
 
 def _logger_root(config: Any) -> Path | None:

@@ -1,4 +1,4 @@
-"""Multi-device pieces: FSDP2 sharding of a backbone with LoRA, and a sampler that marks a loader as split.
+"""Multi-device pieces: FSDP2 sharding of a backbone with LoRA, and the unpadded evaluation split by rank.
 
 `fully_shard_backbone` is what `EmoVerseModule.configure_model` calls under Lightning's
 `ModelParallelStrategy` (FSDP2, `torch.distributed.fsdp.fully_shard`). Its units:
@@ -23,26 +23,29 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 
-class PresplitSampler(DistributedSampler):
-    """Sequential indices of a dataset that already holds only this rank's share.
+class RankShardSampler(DistributedSampler):
+    """Rank r of R takes items r, r + R, ... of a fixed list, unpadded (evaluation: no item is scored twice).
 
-    A `DistributedSampler` in type only: Lightning (`use_distributed_sampler=True`) and other code
-    that adds a distributed sampler see one and leave the loader as it is, instead of splitting the
-    rank's share a second time (each rank would get 1/world² of the data).
+    emoverse splits data by rank in its samplers (this one for evaluation, `TaskWeightedSampler`
+    for training); both are `DistributedSampler`s, so Lightning leaves them unwrapped whatever
+    `Trainer(use_distributed_sampler=...)` says, and torchmetrics reduces the ranks' metric states.
 
     Args:
-        length: number of items of this rank's share.
+        length: number of items of the whole list.
+        num_replicas: number of ranks.
+        rank: this rank.
     """
 
-    def __init__(self, length: int) -> None:  # noqa: D107 (DistributedSampler.__init__ needs a process group)
-        self.length = length
-        self.num_replicas, self.rank, self.epoch, self.shuffle, self.drop_last = 1, 0, 0, False, False
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, length, num_replicas))
+        self.total_size = length
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.length))
+        return iter(range(self.rank, self.total_size, self.num_replicas))
 
     def __len__(self) -> int:
-        return self.length
+        return self.num_samples
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from torchmetrics import Metric
 
 from emoverse.backbones.base import Backbone
+from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import make_example
 from emoverse.data.record import EMOTIONS, AMTLabels, AMTRecord, Utterance
 from emoverse.tasks.base import Task
@@ -85,12 +86,8 @@ def analyze(backbone: Backbone, tasks: Mapping[str, Task], frames: Sequence[Any]
 def _answer(backbone: Backbone, tasks: Mapping[str, Task], record: AMTRecord, names: list[str],
             num_frames: int) -> dict[str, Any]:
     """Ask every task in `names` in one batch about `record` (eval mode, restored afterwards)."""
-    frames = list(record.frames)
-    examples = []
-    for name in names:
-        record.frames = frames  # make_example drops the decoded frames from the record it batches
-        examples.append(make_example(record, tasks[name], backbone.processor, num_frames, seed=0, label=False))
-    batch = move_to(backbone.processor(examples, "generate"), next(backbone.parameters()).device)
+    examples = [make_example(record, tasks[name], backbone.processor, num_frames, seed=0, label=False) for name in names]
+    batch = move_to(AMTCollator(backbone.processor, "generate")(examples), next(backbone.parameters()).device)
     was_training = backbone.training
     backbone.eval()
     try:

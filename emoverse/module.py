@@ -12,12 +12,13 @@ import lightning.pytorch as pl
 import torch
 from PIL import Image
 from torch import nn
-from transformers import get_cosine_schedule_with_warmup
 
 from emoverse import evaluation
 from emoverse.backbones import Backbone, BackboneProcessor, create_backbone
+from emoverse.curriculum.curriculum import Curriculum
 from emoverse.data.record import Utterance
 from emoverse.evaluation import SPLITS
+from emoverse.schedule import StageSchedule
 from emoverse.tasks import get_task, list_tasks
 from emoverse.tasks.base import Task
 
@@ -39,9 +40,13 @@ class EmoVerseModule(pl.LightningModule):
         lora_r, lora_alpha, lora_dropout: LoRA settings (the paper: r=8, alpha=32).
         lora_targets: last names of the language model's linear layers that get adapters (e.g.
             `[q_proj, v_proj]`); default: all of them. Never layers outside the language model.
-        trainable: parts trained from the start ("projector", "lora", "vision"); a
-            `MultiStageCurriculum` may change them per stage.
-        lr: peak learning rate (the paper: 1e-5); warm-up then cosine decay to zero.
+        trainable: parts trained ("projector", "lora", "vision"). With a curriculum its stages say
+            what trains (None = the first stage's parts; a different list is an error naming both);
+            without one None = ["projector", "lora"].
+        curriculum: the stages of the run (`emoverse fit` links the YAML's `curriculum:`): it sizes
+            the LR schedule, gives each stage's lr and the parts the optimizer holds.
+        lr: peak learning rate (the paper: 1e-5); warm-up then cosine decay to zero; a stage's
+            `lr` replaces it during that stage.
         warmup_ratio: share of the optimizer steps spent warming up linearly.
         weight_decay: AdamW weight decay.
         gradient_checkpointing: recompute LLM activations in the backward pass to save memory.
@@ -58,7 +63,8 @@ class EmoVerseModule(pl.LightningModule):
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
         lora_targets: list[str] | None = None,
-        trainable: list[str] = ["projector", "lora"],  # noqa: B006  (jsonargparse shows the default)
+        trainable: list[str] | None = None,
+        curriculum: Curriculum | None = None,
         lr: float = 1e-5,
         warmup_ratio: float = 0.03,
         weight_decay: float = 0.0,
@@ -71,7 +77,7 @@ class EmoVerseModule(pl.LightningModule):
                              "cannot rebuild: pass backbone=<the same backbone> to load_from_checkpoint")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            self.save_hyperparameters()
+            self.save_hyperparameters(ignore=["curriculum"])
         if isinstance(self.hparams.get("backbone"), nn.Module):
             # a Backbone passed as an object (LightningCLI's class_path config is kept as it is)
             self.hparams["backbone"] = _PYTHON_BUILT + type(backbone).__qualname__
@@ -81,7 +87,8 @@ class EmoVerseModule(pl.LightningModule):
         self.backbone = create_backbone(backbone, **(backbone_args or {})) if isinstance(backbone, str) else backbone
         self.backbone.add_lora(lora_r, lora_alpha, lora_dropout, lora_targets, gradient_checkpointing)
         self._ever_trained: set[str] = set()
-        self.set_trainable(trainable)
+        self.curriculum = curriculum
+        self.set_trainable(_initial_parts(trainable, curriculum))
         self.tasks: dict[str, Task] = {t: get_task(t, **(task_args or {}).get(t, {})) for t in tasks}
         self.metrics = nn.ModuleDict({f"{split}_{t}": task.new_metric() for split in SPLITS
                                       for t, task in self.tasks.items()})
@@ -206,11 +213,36 @@ class EmoVerseModule(pl.LightningModule):
             self.strict_loading = False
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(_schedule_steps(self.trainer), 1)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
+        """AdamW with one param group per part that ever trains (frozen ones get no gradient, so no
+        update and no state), and one `LambdaLR`: warm-up + cosine times each stage's lr factor.
+        Built once: stage changes only set `requires_grad`, so no optimizer state is ever rebuilt."""
+        parts = self.curriculum.parts if self.curriculum is not None else self.hparams.trainable or list(_DEFAULT_PARTS)
+        groups = [{"params": self.backbone.part_parameters(part), "name": part} for part in parts]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr,
+                                      weight_decay=self.hparams.weight_decay)
+        schedule = self._schedule()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule(self) -> StageSchedule:
+        """The LR factor per optimizer step, sized from the curriculum's epochs (they differ in length,
+        which `estimated_stepping_batches`, every epoch as long as the first, gets wrong); `max_steps`
+        and `limit_train_batches` still bound the span as the Trainer defines them."""
+        trainer, warmup = self.trainer, self.hparams.warmup_ratio
+        if self.curriculum is None or trainer.max_steps > 0 or trainer.limit_train_batches != 1.0:
+            steps = trainer.estimated_stepping_batches
+            if steps == float("inf") or steps < 0:  # Lightning gives max_steps (-1) for a stream
+                raise ValueError("the training data has no length (a stream): set Trainer(max_steps=...) so the "
+                                 "warm-up + cosine schedule knows its span")
+            total = int(steps)
+        else:
+            total = None
+        if self.curriculum is None:
+            return StageSchedule(max(total or 1, 1), warmup)
+        per_epoch = self.curriculum.optimizer_steps(trainer.accumulate_grad_batches)
+        scales = [(stage.lr or self.hparams.lr) / self.hparams.lr for stage in self.curriculum.stages]
+        stage_of_epoch = [self.curriculum.stage_of(e) for e in range(len(per_epoch))]
+        return StageSchedule(max(total or sum(per_epoch), 1), warmup, per_epoch, [scales[s] for s in stage_of_epoch])
 
     def trainable_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The weights that train or have trained (projector, LoRA, vision if a stage trained it)."""
@@ -246,18 +278,16 @@ class EmoVerseModule(pl.LightningModule):
         self._ever_trained |= trained
 
 
-def _schedule_steps(trainer: pl.Trainer) -> int:
-    """Optimizer steps the LR schedule spans.
+_DEFAULT_PARTS = ("projector", "lora")
 
-    Curriculum stages differ in length, which `estimated_stepping_batches` (every epoch as long as
-    the first) gets wrong, so the task-weighted sampler counts them; `max_steps` and
-    `limit_train_batches` still bound the run as the Trainer defines.
-    """
-    sampler = getattr(trainer.datamodule, "train_sampler", None)
-    if sampler is None or trainer.max_steps > 0 or trainer.limit_train_batches != 1.0:
-        steps = trainer.estimated_stepping_batches
-        if steps == float("inf") or steps < 0:  # Lightning gives max_steps (-1) for a stream
-            raise ValueError("the training data has no length (a stream): set Trainer(max_steps=...) so the "
-                             "warm-up + cosine schedule knows its span")
-        return int(steps)
-    return sampler.total_steps(trainer.datamodule.batch_size, trainer.accumulate_grad_batches)
+
+def _initial_parts(trainable: list[str] | None, curriculum: Curriculum | None) -> list[str]:
+    """The one rule for what trains first: a curriculum's first stage, which `trainable` may restate but not contradict."""
+    if curriculum is None:
+        return list(trainable) if trainable is not None else list(_DEFAULT_PARTS)
+    first = curriculum.stages[0]
+    if trainable is not None and sorted(trainable) != sorted(first.train):
+        raise ValueError(f"EmoVerseModule(trainable={list(trainable)}) but the curriculum's first stage "
+                         f"{first.name!r} trains {first.train}; with a curriculum each stage's `train` decides: "
+                         "drop `trainable` or set the stage's `train`")
+    return list(first.train)

@@ -1,7 +1,9 @@
-"""Acceptance test of the M2SE curriculum: a run stopped in stage 2 and resumed equals an uninterrupted run.
+"""Acceptance test of the M2SE curriculum: a run stopped and resumed equals an uninterrupted run.
 
-Real `EmoVerseModule` (tiny backbone, no dropout, so the forward pass draws no random numbers) and
-`AMTDataModule` on a small demo AMT; the stages are the M2SE mixes scaled down to a few steps.
+Real `EmoVerseModule` (tiny backbone, LoRA dropout 0.1, so the forward pass draws random numbers)
+and `AMTDataModule` on a small demo AMT; the stages are the M2SE mixes scaled down to a few steps,
+and stage 2 also trains the vision encoder at its own lr, so a resume in stage 2 needs other
+parameters trainable than the optimizer was configured with.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage
+from emoverse.checkpointing import ResumableCheckpoint
+from emoverse.curriculum import Curriculum
 from emoverse.data import make_demo_amt
 
 BATCH = 4
@@ -24,7 +28,8 @@ def m2se_small(first: int, second: int) -> list[Stage]:
     """M2SE's mixes on a small pool: 1 epoch of `first` batches, then 2 epochs of `second` batches."""
     return [
         Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=first * BATCH),
-        Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, epochs=2, samples_per_epoch=second * BATCH),
+        Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, epochs=2, samples_per_epoch=second * BATCH,
+              train=["projector", "lora", "vision"], lr=5e-4),
     ]
 
 
@@ -65,16 +70,17 @@ def fit(amt: Path, root: Path, stages: list[Stage], recorder: Recorder, ckpt_pat
         every: int | None = None, restore_after_setup: bool = False) -> EmoVerseModule:
     """One `Trainer.fit` of the tiny module under the scaled-down M2SE curriculum."""
     torch.manual_seed(0)
-    module = EmoVerseModule("tiny", lora_dropout=0.0, lr=1e-3, warmup_ratio=0.2)
+    curriculum = Curriculum(stages)
+    module = EmoVerseModule("tiny", lora_dropout=0.1, lr=1e-3, warmup_ratio=0.2, curriculum=curriculum)
     data = AMTDataModule(str(amt), batch_size=BATCH, eval_batch_size=BATCH, num_frames=2, seed=0,
-                         processor=module.processor, tasks=module.tasks)
-    callbacks: list[pl.Callback] = [MultiStageCurriculum(stages), recorder]
-    if every:
-        callbacks.append(pl.callbacks.ModelCheckpoint(root, filename="{step}", every_n_train_steps=every, save_top_k=-1))
+                         processor=module.processor, tasks=module.tasks, curriculum=curriculum)
+    callbacks: list[pl.Callback] = [MultiStageCurriculum(curriculum), recorder,
+                                    ResumableCheckpoint(str(root), every_n_train_steps=every or 0, keep_epoch_ends=False,
+                                                        handle_signals=False)]
     trainer = pl.Trainer(
-        max_epochs=sum(s.epochs for s in stages), callbacks=callbacks,
+        max_epochs=curriculum.total_epochs, callbacks=callbacks, reload_dataloaders_every_n_epochs=1,
         strategy=RestoreAfterSetup(torch.device("cpu")) if restore_after_setup else SingleDeviceStrategy("cpu"),
-        logger=False, enable_checkpointing=bool(every), enable_progress_bar=False, enable_model_summary=False,
+        logger=False, enable_checkpointing=True, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -96,7 +102,7 @@ def check_resume(amt: Path, tmp_path: Path, first: int, second: int, stop: int, 
     assert interrupted.pairs == full.pairs[: stop * BATCH]
 
     rest = Recorder()
-    resumed = fit(amt, tmp_path / "resumed", stages, rest, ckpt_path=str(tmp_path / "stopped" / f"step={stop}.ckpt"),
+    resumed = fit(amt, tmp_path / "resumed", stages, rest, ckpt_path=str(tmp_path / "stopped" / "last.ckpt"),
                   restore_after_setup=restore_after_setup)
     assert rest.pairs == full.pairs[stop * BATCH :]
     want, got = reference.trainable_state_dict(), resumed.trainable_state_dict()
@@ -104,8 +110,9 @@ def check_resume(amt: Path, tmp_path: Path, first: int, second: int, stop: int, 
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
     torch.manual_seed(0)
-    initial = EmoVerseModule("tiny", lora_dropout=0.0).state_dict()
+    initial = EmoVerseModule("tiny", lora_dropout=0.1).state_dict()
     assert any(not torch.equal(initial[name], want[name]) for name in want), "training changed no weight"
+    assert any(".vision." in n for n in want), "stage 2 trained the vision encoder"
 
 
 def test_resume_mid_stage_two(small_amt: Path, tmp_path: Path) -> None:
@@ -114,7 +121,7 @@ def test_resume_mid_stage_two(small_amt: Path, tmp_path: Path) -> None:
 
 
 def test_resume_when_callbacks_are_restored_after_fit_start(small_amt: Path, tmp_path: Path) -> None:
-    # FSDP's restore order on one CPU device: the position must still be applied (it used to be dropped)
+    # FSDP's restore order on one CPU device, resumed in a stage that trains other parts than the first
     check_resume(small_amt, tmp_path, first=2, second=3, stop=4, restore_after_setup=True)
 
 

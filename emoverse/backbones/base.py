@@ -28,15 +28,21 @@ IGNORE_INDEX = -100
 _SENTINEL = "\x00EMOVERSE\x00"
 
 
+class PromptTooLong(ValueError):
+    """Row `row` of a batch has `tokens` tokens, more than the context of `max_length`."""
+
+    def __init__(self, row: int, tokens: int, max_length: int) -> None:
+        self.row, self.tokens, self.max_length = row, tokens, max_length
+        super().__init__(f"row {row}: {tokens} tokens exceed the context of {max_length}")
+
+
 class BackboneProcessor(ABC):
     """The light, picklable half of a backbone that data workers use: examples → model inputs.
 
     Subclasses implement two hooks, `render` (messages → prompt text through the chat template)
     and `encode` (prompt texts + frames → left-padded model inputs); this base class adds the
-    response, masks the labels to it, pads, and measures prompts.
-
-    An example is a dict `{id, task, query, response, images, record}` (`images`: RGB PIL frames, as
-    `emoverse.data.dataset.make_example` gives them).
+    response, masks the labels to it, pads, and measures prompts. It encodes only: which record and
+    task a row is (the batch's metadata) is the collator's business (`emoverse.data.AMTCollator`).
 
     Attributes:
         tokenizer: the model's tokenizer.
@@ -103,41 +109,26 @@ class BackboneProcessor(ABC):
         expanded = self.encode([text], [[Image.new("RGB", size) for size in sizes]])["attention_mask"].sum()
         return int(expanded) - len(self.tokenize(text))
 
-    def __call__(self, examples: Sequence[Mapping[str, Any]], mode: Literal["train", "generate"] = "train",
-                 system_prompt: str | None = None) -> dict[str, Any]:
-        """Batch `examples`: `inputs` (model inputs), `labels` (train: the response tokens and the
-        end-of-turn marker, -100 elsewhere) and per-example `tasks`, `ids`, `queries`, `responses`,
-        `records`, plus `num_truncated` (examples whose context was shortened to fit)."""
-        if mode not in ("train", "generate"):
-            raise ValueError(f"mode={mode!r}; expected 'train' or 'generate'")
-        texts, images = [], []
-        for ex in examples:
-            imgs = list(ex.get("images") or [])
-            texts.append(self.render(self.messages(ex["query"], len(imgs), system_prompt), add_generation_prompt=True))
-            images.append(imgs)
-        inputs = self.encode(texts, images)
-        if mode == "train":
-            inputs, labels = self._append_responses(inputs, [self.tokenize(ex["response"]) + self.end_ids
-                                                             for ex in examples])
-        else:
-            labels = None
-        width = inputs["input_ids"].shape[1]
-        if width > self.max_length:
+    def __call__(self, queries: Sequence[str], images: Sequence[Sequence[Image.Image]],
+                 responses: Sequence[str] | None = None, system_prompt: str | None = None) -> dict[str, Any]:
+        """Encode a batch: `inputs` (the model inputs of each query with its frames; with `responses`, the
+        response and the end-of-turn marker appended, right-padded) and `labels` (the response tokens,
+        -100 elsewhere; None without responses: left-padded prompts for generation).
+
+        Raises:
+            PromptTooLong: a row exceeds `max_length` (its index is `row`).
+        """
+        texts = [self.render(self.messages(q, len(imgs), system_prompt), add_generation_prompt=True)
+                 for q, imgs in zip(queries, images, strict=True)]
+        inputs = self.encode(texts, [list(imgs) for imgs in images])
+        labels = None
+        if responses is not None:
+            inputs, labels = self._append_responses(inputs, [self.tokenize(r) + self.end_ids for r in responses])
+        if inputs["input_ids"].shape[1] > self.max_length:
             lengths = inputs["attention_mask"].sum(1).tolist()
             worst = max(range(len(lengths)), key=lengths.__getitem__)
-            ex = examples[worst]
-            raise ValueError(f"record {ex['id']} ({ex['task']}): {lengths[worst]} tokens exceed the context of "
-                             f"{self.max_length}; shorten its query (make_example drops the oldest context turns)")
-        return {
-            "inputs": inputs,
-            "labels": labels,
-            "tasks": [ex["task"] for ex in examples],
-            "ids": [ex["id"] for ex in examples],
-            "queries": [ex["query"] for ex in examples],
-            "responses": [ex["response"] for ex in examples],
-            "records": [ex.get("record") for ex in examples],
-            "num_truncated": sum(bool(ex.get("truncated")) for ex in examples),
-        }
+            raise PromptTooLong(worst, int(lengths[worst]), self.max_length)
+        return {"inputs": inputs, "labels": labels}
 
     def _append_responses(self, inputs: dict[str, torch.Tensor], responses: list[list[int]]
                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

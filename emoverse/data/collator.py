@@ -1,8 +1,8 @@
-"""Batching: examples → the backbone processor's model inputs, with response-only labels.
+"""Batching: examples → the backbone processor's model inputs, annotated with which record and task each row is.
 
 The backbone's processor owns the chat template, the image placeholders and the visual token
-counts (`emoverse.backbones.BackboneProcessor`); this picklable wrapper fixes the mode and the
-system prompt so a `DataLoader` can call it in worker processes.
+counts (`emoverse.backbones.BackboneProcessor`) and encodes only; this picklable collator, which a
+`DataLoader` calls in its worker processes, adds the batch's metadata.
 """
 
 from __future__ import annotations
@@ -10,13 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from emoverse.backbones.base import IGNORE_INDEX, BackboneProcessor
+from emoverse.backbones.base import IGNORE_INDEX, BackboneProcessor, PromptTooLong
 
 __all__ = ["IGNORE_INDEX", "AMTCollator"]
 
 
 class AMTCollator:
-    """Turn examples `{id, task, query, response, images, record}` into a model batch.
+    """Turn examples `{id, task, query, response, images, record, truncated}` into a model batch.
+
+    A batch holds `inputs` and `labels` (the processor's), per row `tasks` and `ids`, and
+    `num_truncated` (rows whose dialogue context was shortened to fit). Generation batches also hold
+    the rows' `queries` and `records` (frame-less, for the task parsers and the gold targets);
+    training batches carry no records.
 
     Args:
         processor: the backbone's processor.
@@ -32,4 +37,19 @@ class AMTCollator:
         self.processor, self.mode, self.system_prompt = processor, mode, system_prompt
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        return self.processor(examples, self.mode, self.system_prompt)
+        train = self.mode == "train"
+        try:
+            batch = self.processor([ex["query"] for ex in examples], [ex["images"] for ex in examples],
+                                   [ex["response"] for ex in examples] if train else None, self.system_prompt)
+        except PromptTooLong as err:
+            ex = examples[err.row]
+            raise ValueError(f"record {ex['id']} ({ex['task']}): {err.tokens} tokens exceed the context of "
+                             f"{err.max_length}; shorten its query (make_example drops the oldest context turns)"
+                             ) from None
+        batch["tasks"] = [ex["task"] for ex in examples]
+        batch["ids"] = [ex["id"] for ex in examples]
+        batch["num_truncated"] = sum(bool(ex.get("truncated")) for ex in examples)
+        if not train:
+            batch["queries"] = [ex["query"] for ex in examples]
+            batch["records"] = [ex["record"] for ex in examples]
+        return batch

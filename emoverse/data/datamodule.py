@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from emoverse.backbones.base import BackboneProcessor
+from emoverse.curriculum.curriculum import Curriculum
 from emoverse.curriculum.sampler import TaskWeightedSampler
 from emoverse.curriculum.stage import Stage
 from emoverse.data.collator import AMTCollator
@@ -17,19 +19,26 @@ from emoverse.data.dataset import AMTDataset
 from emoverse.data.demo import make_demo_amt
 from emoverse.data.shards import OnCorrupt, ShardIndex
 from emoverse.data.streaming import AMTStream
-from emoverse.distributed import PresplitSampler
+from emoverse.distributed import RankShardSampler
 
 if TYPE_CHECKING:
     from emoverse.tasks.base import Task
 
 
 class AMTDataModule(pl.LightningDataModule):
-    """Reads AMT shards; training draws (record, task) pairs with a `TaskWeightedSampler`.
+    """Reads AMT shards; training draws the (record, task) pairs a `Curriculum` plans.
 
-    The backbone's processor and the task objects are injected: `emoverse fit` links them from the
-    model (`model.processor`, `model.tasks`); from Python pass them to the constructor, e.g.
-    `AMTDataModule(path, processor=module.processor, tasks=module.tasks)`. Without a
-    `MultiStageCurriculum`, training is one stage over every record with equal task ratios.
+    The backbone's processor, the task objects and the curriculum are injected: `emoverse fit`
+    links them from the model (`model.processor`, `model.tasks`) and the YAML's `curriculum:`; from
+    Python pass them to the constructor, e.g. `AMTDataModule(path, processor=module.processor,
+    tasks=module.tasks, curriculum=curriculum)`. Without a curriculum, training is one stage over
+    every record with equal task ratios.
+
+    The train loader is a torchdata `StatefulDataLoader` over a `TaskWeightedSampler`: its state
+    (the draws it delivered, prefetching accounted for) is the position inside the epoch, and
+    Lightning saves and restores it with the checkpoint, so a resume continues the epoch's exact
+    sequence whatever the batch sizes. Each rank draws its own share (the curriculum splits the
+    epoch) and evaluates its own slice of the pairs (`RankShardSampler`, unpadded).
 
     Args:
         path: AMT root (`{path}/{split}/*.tar`).
@@ -39,17 +48,18 @@ class AMTDataModule(pl.LightningDataModule):
         num_workers: dataloader worker processes.
         num_frames: frames per video prompt.
         max_eval_per_task: cap on validation pairs per task (None = all); test always uses all.
-        seed: seed of the sampler and of prompt variants.
+        seed: seed of prompt variants (and of the default one-stage curriculum).
         system_prompt: optional system message in every prompt.
         streaming: stream training examples from the shards (`AMTStream`: one webdataset stream per
             task, shards split across ranks and workers) instead of indexed, resumable sampling;
-            not combinable with a `MultiStageCurriculum`.
+            not combinable with a curriculum.
         stream_ratios: task ratios of the stream (default: equal over the module's tasks).
         processor: the backbone's processor (`EmoVerseModule.processor`).
         tasks: the task objects by name (`EmoVerseModule.tasks`).
         on_corrupt: a corrupt shard or record (unreadable tar, invalid JSON or fields, missing
             frames): "error" (default) stops with the file and record key named; "skip" leaves it
             out and warns with the count (docs/reliability.md).
+        curriculum: the stages training walks through (`emoverse fit` links the YAML's `curriculum:`).
     """
 
     def __init__(
@@ -68,34 +78,26 @@ class AMTDataModule(pl.LightningDataModule):
         processor: BackboneProcessor | None = None,
         tasks: Mapping[str, Task] | None = None,
         on_corrupt: OnCorrupt = "error",
+        curriculum: Curriculum | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["processor", "tasks"])
+        self.save_hyperparameters(ignore=["processor", "tasks", "curriculum"])
+        if streaming and curriculum is not None:
+            raise ValueError("AMTDataModule(streaming=True) cannot follow a curriculum: stage budgets and exact "
+                             "resume need indexed access; set streaming: false or drop the curriculum")
         self.path, self.demo = Path(path), demo
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.num_frames, self.max_eval_per_task, self.seed = num_frames, max_eval_per_task, seed
         self.system_prompt = system_prompt
         self.streaming, self.stream_ratios, self.on_corrupt = streaming, stream_ratios, on_corrupt
-        self.stages: list[Stage] | None = None
+        self.curriculum = curriculum
         self.processor = processor
         self.tasks: dict[str, Task] = dict(tasks or {})
         self.datasets: dict[str, AMTDataset] = {}
-        self.train_sampler: TaskWeightedSampler | None = None
 
     def prepare_data(self) -> None:
         if self.demo and not (self.path / "manifest.json").exists():
             make_demo_amt(self.path, seed=self.seed)
-
-
-    def use_curriculum(self, stages: Sequence[Stage]) -> None:
-        """Train by these stages (called by `MultiStageCurriculum` before the first epoch)."""
-        if self.streaming:
-            raise ValueError("AMTDataModule(streaming=True) cannot run a MultiStageCurriculum: stage budgets and "
-                             "exact resume need indexed access; set streaming: false")
-        self.stages = list(stages)
-        self.train_sampler = None
-        if "train" in self.datasets:
-            self._build_sampler()
 
     def setup(self, stage: str) -> None:
         if self.processor is None or not self.tasks:
@@ -108,38 +110,40 @@ class AMTDataModule(pl.LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = AMTDataset(ShardIndex(self.path, split, self.on_corrupt), self.tasks, self.processor,
                                                   self.num_frames, self.seed, self.system_prompt)
+        if stage == "fit" and not self.streaming:
+            records = self.datasets["train"].record_tasks
+            if self.curriculum is None:
+                have = set().union(*records)
+                self.curriculum = Curriculum([Stage(name="all-tasks", ratios={t: 1.0 for t in self.tasks if t in have},
+                                                    budget="all")], seed=self.seed)
+            self.curriculum.bind(records, self._ranks()[0], self.batch_size)
 
-    def _stages(self) -> list[Stage]:
-        if self.stages is not None:
-            return self.stages
-        have = set().union(*self.datasets["train"].record_tasks)
-        return [Stage(name="all-tasks", ratios={t: 1.0 for t in self.tasks if t in have}, budget="all")]
-
-    def _build_sampler(self) -> None:
-        self.train_sampler = TaskWeightedSampler(self.datasets["train"].record_tasks, self._stages(), seed=self.seed)
+    def _ranks(self) -> tuple[int, int]:
+        """(world size, this rank), from the trainer when there is one."""
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
 
     def train_dataloader(self) -> DataLoader:
         if self.streaming:
             ratios = self.stream_ratios or {t: 1.0 for t in self.tasks}
             stream = AMTStream(self.path, "train", self.tasks, ratios, self.processor, self.num_frames, self.seed,
-                               on_corrupt=self.on_corrupt)
+                               on_corrupt=self.on_corrupt, system_prompt=self.system_prompt)
             return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
                               collate_fn=AMTCollator(self.processor, "train", self.system_prompt))
-        ds = self.datasets["train"]
-        if self.train_sampler is None:
-            self._build_sampler()
-        return DataLoader(ds, batch_size=self.batch_size, sampler=self.train_sampler, num_workers=self.num_workers,
-                          collate_fn=AMTCollator(self.processor, "train", self.system_prompt),
-                          persistent_workers=self.num_workers > 0)
+        if self.curriculum is None or "train" not in self.datasets:
+            raise RuntimeError("AMTDataModule.train_dataloader before setup('fit')")
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        sampler = TaskWeightedSampler(self.curriculum, rank=self._ranks()[1], epoch=epoch)
+        # rebuilt every epoch (stages differ in length), so worker processes are not kept
+        return StatefulDataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler,
+                                  num_workers=self.num_workers,
+                                  collate_fn=AMTCollator(self.processor, "train", self.system_prompt))
 
     def _eval_loader(self, split: str, cap: int | None) -> DataLoader:
         ds = self.datasets[split]
         pairs = [p for t in self.tasks for p in ds.pairs([t])[:cap]]
-        if self.trainer is not None and self.trainer.world_size > 1:
-            # each rank scores a disjoint share, unpadded (torchmetrics reduces the states)
-            pairs = pairs[self.trainer.global_rank::self.trainer.world_size]
-        # PresplitSampler: Lightning's use_distributed_sampler=True must not split the share again
-        return DataLoader(_Pairs(ds, pairs), batch_size=self.eval_batch_size, sampler=PresplitSampler(len(pairs)),
+        world, rank = self._ranks()
+        return DataLoader(_Pairs(ds, pairs), batch_size=self.eval_batch_size,
+                          sampler=RankShardSampler(len(pairs), world, rank),
                           num_workers=self.num_workers,
                           collate_fn=AMTCollator(self.processor, "generate", self.system_prompt))
 

@@ -91,7 +91,8 @@ class AMTDataset(torch.utils.data.Dataset):
 
 def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, num_frames: int, seed: int,
                  system_prompt: str | None = None, label: bool = True) -> dict[str, Any]:
-    """One training/evaluation example: the task's (query, response), the frames it shows, the record.
+    """One training/evaluation example: the task's (query, response), the frames it shows, and the
+    record without its decoded frames (what parsers and targets read). `record` itself is not changed.
 
     A prompt that does not fit the context loses its oldest dialogue turns, one at a time, until it
     fits (the task's instruction and answer format always stay); `truncated` says so. With
@@ -114,6 +115,5 @@ def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, nu
         query = task.query(shown, random.Random(seed_text))
         if label:  # the answer may only name what the prompt still shows (ECPE causes in dropped turns)
             response = task.response(shown)
-    record.frames = []  # the batch carries labels and ids, not decoded images
     return {"id": record.id, "task": task.name, "query": query, "response": response,
-            "images": images, "record": record, "truncated": truncated}
+            "images": images, "record": dataclasses.replace(record, frames=[]), "truncated": truncated}

@@ -38,11 +38,12 @@ class AMTStream(torch.utils.data.IterableDataset):
         seed: seed of shard order, sample shuffling and the mix (combined with the epoch).
         shuffle: size of webdataset's sample shuffle buffer.
         on_corrupt: "error" or "skip" a bad record or unreadable shard (see `stream_records`).
+        system_prompt: the system message the collator adds (prompts are shortened to fit the context with it).
     """
 
     def __init__(self, root: str | Path, split: str, tasks: Mapping[str, Task], ratios: Mapping[str, float],
                  processor: BackboneProcessor, num_frames: int = 4, seed: int = 0, shuffle: int = 1000,
-                 on_corrupt: OnCorrupt = "error") -> None:
+                 on_corrupt: OnCorrupt = "error", system_prompt: str | None = None) -> None:
         unknown = set(ratios) - set(tasks)
         if unknown:
             raise ValueError(f"AMTStream: ratios name tasks {sorted(unknown)} the module does not have: {sorted(tasks)}")
@@ -50,6 +51,7 @@ class AMTStream(torch.utils.data.IterableDataset):
         self.num_shards = len(shard_paths(root, split))
         self.tasks, self.ratios, self.processor = dict(tasks), dict(ratios), processor
         self.num_frames, self.seed, self.shuffle, self.on_corrupt = num_frames, seed, shuffle, on_corrupt
+        self.system_prompt = system_prompt
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -77,7 +79,7 @@ class AMTStream(torch.utils.data.IterableDataset):
         count = 0
         for record, name in mix_streams(streams, self.ratios, seed=seed):
             count += 1
-            yield make_example(record, self.tasks[name], self.processor, self.num_frames, self.seed)
+            yield make_example(record, self.tasks[name], self.processor, self.num_frames, self.seed, self.system_prompt)
         if count == 0 and seen[0]:  # a worker given no shard yields nothing, as webdataset does
             raise RuntimeError(
                 f"AMTStream: the {ended[0]!r} stream of {self.root}/{self.split} ({self.num_shards} shards) has no "

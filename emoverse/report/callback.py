@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from emoverse.curriculum.callback import MultiStageCurriculum
+from emoverse.curriculum.curriculum import Curriculum
 from emoverse.curriculum.stage import known_task_names
 from emoverse.report.page import write_report
 from emoverse.report.run import DRAWS_FILE
@@ -20,7 +20,7 @@ from emoverse.report.run import DRAWS_FILE
 class RunReport(Callback):
     """Writes `{log_dir}/report.html` at the end of `fit` and `test`, and `{log_dir}/curriculum.json` during fit.
 
-    curriculum.json holds the planned stages (from the trainer's `MultiStageCurriculum`, if any)
+    curriculum.json holds the planned stages (the module's `curriculum`, if it has one)
     and, per epoch, the stage, the global step it began at and the samples of each task the
     training steps received (counted from the batches' `tasks`, summed over ranks). It is
     rewritten at every epoch's end, so a stopped run keeps what it drew; the counts are part of
@@ -68,7 +68,7 @@ class RunReport(Callback):
         names = sorted(set(known_task_names()) | set(self._current))
         local = torch.tensor([self._current[n] for n in names], dtype=torch.float64, device=pl_module.device)
         total = trainer.strategy.reduce(local, reduce_op="sum") if trainer.world_size > 1 else local
-        curriculum = _curriculum(trainer)
+        curriculum = _curriculum(pl_module)
         self._epochs = [e for e in self._epochs if e["epoch"] != trainer.current_epoch]
         self._epochs.append({
             "epoch": trainer.current_epoch,
@@ -79,12 +79,10 @@ class RunReport(Callback):
         self._current.clear()
         self._first_step = None
         if trainer.is_global_zero:
-            self._write_draws(trainer)
+            self._write_draws(curriculum)
 
-    def _write_draws(self, trainer: Trainer) -> None:
-        curriculum = _curriculum(trainer)
-        stages = ([{"name": s.name, "ratios": s.ratios, "epochs": s.epochs, "budget": s.budget}
-                   for s in curriculum.stages] if curriculum else [])
+    def _write_draws(self, curriculum: Curriculum | None) -> None:
+        stages = curriculum.planned() if curriculum else []
         path = self._out() / DRAWS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"stages": stages, "epochs": self._epochs}, indent=1) + "\n", encoding="utf-8")
@@ -125,6 +123,7 @@ class RunReport(Callback):
         self._first_step = state_dict.get("first_step")
 
 
-def _curriculum(trainer: Trainer) -> MultiStageCurriculum | None:
-    found = [c for c in trainer.callbacks if isinstance(c, MultiStageCurriculum)]
-    return found[0] if found else None
+def _curriculum(pl_module: LightningModule) -> Curriculum | None:
+    """The run's planned stages: the module's `curriculum` (`EmoVerseModule(curriculum=...)`), if any."""
+    curriculum = getattr(pl_module, "curriculum", None)
+    return curriculum if isinstance(curriculum, Curriculum) else None

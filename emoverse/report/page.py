@@ -145,7 +145,7 @@ def _loss(page: _Page, training: Run | None, stages: list[StageView]) -> list[st
 
 def _task_mix(page: _Page, stages: list[StageView]) -> list[str]:
     if not stages:
-        return [_missing("no curriculum: neither curriculum.json nor a MultiStageCurriculum in config.yaml")]
+        return [_missing("no curriculum: neither curriculum.json nor a `curriculum:` in config.yaml")]
     body = [page.image(plots.task_mix_figure(stages), "task_mix", "planned and drawn task mix per stage")]
     rows = []
     for stage in stages:

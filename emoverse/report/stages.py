@@ -9,7 +9,7 @@ from emoverse.report.run import DRAWS_FILE, Run
 
 STAGE_COLUMN = "curriculum/stage"
 SEEN = ("curriculum/", "_seen")
-"""`curriculum/{task}_seen`: draws of the current stage so far, logged by MultiStageCurriculum."""
+"""`curriculum/{task}_seen`: draws of the current stage so far, logged by MultiStageCurriculum before the redesign (older runs)."""
 
 
 @dataclass
@@ -34,19 +34,17 @@ class StageView:
 
 
 def planned_stages(run: Run) -> list[dict[str, Any]]:
-    """`[{name, ratios, epochs}]`: from curriculum.json, else the config's MultiStageCurriculum, else []."""
+    """`[{name, ratios, epochs}]`: from curriculum.json, else the config's `curriculum:`, else []."""
     if run.draws and isinstance(run.draws.get("stages"), list):
         return [s for s in run.draws["stages"] if isinstance(s, dict) and isinstance(s.get("ratios"), dict)]
-    trainer = run.config.get("trainer")
-    callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
-    for callback in callbacks if isinstance(callbacks, list) else []:
-        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("MultiStageCurriculum"):
-            stages = (callback.get("init_args") or {}).get("stages")
-            if stages is None:  # the callback's default
-                from emoverse.curriculum import m2se_stages
+    curriculum = run.config.get("curriculum")
+    if isinstance(curriculum, dict):
+        stages = (curriculum.get("init_args") or curriculum).get("stages")
+        if stages is None:  # the Curriculum's default
+            from emoverse.curriculum import m2se_stages
 
-                return [{"name": s.name, "ratios": s.ratios, "epochs": s.epochs} for s in m2se_stages()]
-            return [s for s in stages if isinstance(s, dict) and isinstance(s.get("ratios"), dict)]
+            return [{"name": s.name, "ratios": s.ratios, "epochs": s.epochs} for s in m2se_stages()]
+        return [s for s in stages if isinstance(s, dict) and isinstance(s.get("ratios"), dict)]
     return []
 
 

@@ -1,0 +1,156 @@
+"""`Curriculum`: the one object that knows the M2SE plan (stages, seed, budgets) and every epoch's draws."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import numpy as np
+
+from emoverse.curriculum._plan import StagePlan, cycle_slice, label_matrix, plan_stages, record_sources, shuffle_order
+from emoverse.curriculum.m2se import m2se_stages
+from emoverse.curriculum.stage import Stage
+
+
+class Curriculum:
+    """A multi-stage, multi-task curriculum: which stage an epoch is in and which (record, task) pairs it draws.
+
+    Created once and injected where it is needed: `AMTDataModule(curriculum=...)` binds it to the
+    training records (`bind`) and builds the train loader from it, `EmoVerseModule(curriculum=...)`
+    sizes its LR schedule and per-stage lr from it, `MultiStageCurriculum(curriculum)` sets each
+    stage's trainable parts, and the run report reads the planned mix from it. `emoverse fit` links
+    the YAML's top-level `curriculum:` to all of them and derives `Trainer(max_epochs)` from it.
+
+    Draws: a stage with an int budget draws that many records (seeded) among the records no earlier
+    stage used that carry a label of one of its tasks; "remaining" takes every record no earlier stage
+    used; "all" takes every record. One epoch of a stage is `stage.samples_per_epoch` draws (default:
+    the pool records labelled for one of its tasks), with an exact quota per task (largest-remainder
+    rounding of the ratios); a task's records are walked in seeded permutations that continue across
+    epochs, and the epoch's list is shuffled. Rank r of R takes positions r, r + R, ... of the list,
+    padded by wrapping around so every rank draws as many. Everything derives from (seed, stage,
+    epoch): no global RNG, so any epoch's draws are computed without replaying earlier ones.
+
+    Args:
+        stages: the stages in order; default the paper's M2SE (`m2se_stages()`).
+        seed: seed of every choice (pools, task walks, shuffles).
+    """
+
+    def __init__(self, stages: list[Stage] | None = None, seed: int = 0) -> None:
+        self.stages = list(stages) if stages is not None else m2se_stages()
+        if not self.stages:
+            raise ValueError("Curriculum: stages=[]; expected at least one Stage")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Curriculum: stage names {names} must be distinct")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"Curriculum: seed={seed!r}; expected an int")
+        self.seed = seed
+        self.tasks: tuple[str, ...] = tuple(sorted({t for s in self.stages for t in s.ratios}))
+        self._starts = np.cumsum([0] + [s.epochs for s in self.stages]).tolist()  # first global epoch per stage
+        self._plans: list[StagePlan] | None = None
+        self.num_replicas, self.batch_size = 1, 1
+        self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __repr__(self) -> str:
+        return f"Curriculum(stages={[s.name for s in self.stages]}, seed={self.seed})"
+
+    # epochs and stages ------------------------------------------------------------------------
+
+    @property
+    def total_epochs(self) -> int:
+        """Sum of the stages' epochs: what `Trainer(max_epochs=...)` is."""
+        return self._starts[-1]
+
+    def stage_of(self, epoch: int) -> int:
+        """The stage index of a global epoch (epochs past the end stay in the last stage)."""
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch}: expected an int >= 0")
+        return min(bisect.bisect_right(self._starts, epoch) - 1, len(self.stages) - 1)
+
+    def stage_epoch(self, epoch: int) -> int:
+        """A global epoch counted from the start of its stage."""
+        return epoch - self._starts[self.stage_of(epoch)]
+
+    @property
+    def parts(self) -> list[str]:
+        """Every part some stage trains, in first-use order (the optimizer's param groups)."""
+        return list(dict.fromkeys(p for s in self.stages for p in s.train))
+
+    # binding to the records -------------------------------------------------------------------
+
+    def bind(self, record_tasks: Sequence[Collection[str]], num_replicas: int = 1, batch_size: int = 1) -> None:
+        """Plan every stage over these training records for `num_replicas` ranks (the datamodule calls this).
+
+        Args:
+            record_tasks: per record, the task names it has labels for (and its `source:<name>` tag).
+            num_replicas: the number of ranks that share each epoch.
+            batch_size: draws per training batch on a rank (sizes the epochs in optimizer steps).
+        """
+        if num_replicas < 1 or batch_size < 1:
+            raise ValueError(f"Curriculum.bind: num_replicas={num_replicas}, batch_size={batch_size}; expected >= 1")
+        self.batch_size = batch_size
+        has = label_matrix(record_tasks, self.tasks)
+        self._plans = plan_stages(has, self.tasks, self.stages, self.seed, record_sources(record_tasks))
+        self.num_replicas = num_replicas
+        self._cache.clear()
+
+    @property
+    def plans(self) -> list[StagePlan]:
+        if self._plans is None:
+            raise RuntimeError("Curriculum: not bound to training records yet; pass the same Curriculum to "
+                               "AMTDataModule(curriculum=...), whose setup('fit') binds it")
+        return self._plans
+
+    def epoch_length(self, epoch: int) -> int:
+        """Draws of one rank in global epoch `epoch`."""
+        return -(-self.plans[self.stage_of(epoch)].length // self.num_replicas)
+
+    def draws(self, epoch: int, rank: int = 0) -> list[tuple[int, str]]:
+        """The (record index, task) pairs rank `rank` draws in global epoch `epoch`, in order."""
+        if not 0 <= rank < self.num_replicas:
+            raise ValueError(f"rank={rank}: expected 0 <= rank < {self.num_replicas}")
+        rec, tid = self._epoch_pairs(self.stage_of(epoch), self.stage_epoch(epoch))
+        names = np.array(self.tasks, dtype=object)
+        return list(zip(rec[rank::self.num_replicas].tolist(), names[tid[rank::self.num_replicas]].tolist()))
+
+    def _epoch_pairs(self, stage: int, stage_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """One stage epoch's shuffled (records, task ids) over all ranks, padded to ranks x epoch length."""
+        key = (stage, stage_epoch)
+        if key not in self._cache:
+            plan = self.plans[stage]
+            records, tasks = [], []
+            for task, eligible, quota in zip(plan.tasks, plan.eligible, plan.quotas.tolist()):
+                records.append(cycle_slice(eligible, stage_epoch * quota, quota, self.seed, stage, task))
+                tasks.append(np.full(quota, self.tasks.index(task), dtype=np.int16))
+            rec, tid = np.concatenate(records), np.concatenate(tasks)
+            order = shuffle_order(len(rec), self.seed, stage, stage_epoch)
+            total = -(-plan.length // self.num_replicas) * self.num_replicas
+            order = order[np.arange(total) % max(len(order), 1)]  # pad by wrapping around
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = rec[order], tid[order]
+        return self._cache[key]
+
+    # what the others read ---------------------------------------------------------------------
+
+    def optimizer_steps(self, accumulate_grad_batches: int = 1) -> list[int]:
+        """Optimizer steps of each global epoch on one rank (Lightning steps on an epoch's last batch too)."""
+        out = []
+        for epoch in range(self.total_epochs):
+            batches = -(-self.epoch_length(epoch) // self.batch_size)
+            out.append(-(-batches // accumulate_grad_batches))
+        return out
+
+    def quotas(self, stage: int) -> dict[str, int]:
+        """Draws per task in one epoch of `stage`, over all ranks."""
+        plan = self.plans[stage]
+        return dict(zip(plan.tasks, plan.quotas.tolist()))
+
+    def pool(self, stage: int) -> np.ndarray:
+        """Record indices of a stage's pool."""
+        return self.plans[stage].pool
+
+    def planned(self) -> list[dict[str, Any]]:
+        """The stages as plain data (the run report's planned mix)."""
+        return [{"name": s.name, "ratios": s.ratios, "epochs": s.epochs, "budget": s.budget} for s in self.stages]
