@@ -12,7 +12,7 @@ import pytest
 from emoverse.amt.facs import AU_TABLES, au_caption, load_au_table
 from emoverse.amt.qc import QCLog, deduplicate
 from emoverse.amt.sources import Candidate, ECFSource, MELDSource, MOSEISource, Rejected
-from emoverse.curriculum import Stage, TaskWeightedSampler
+from emoverse.curriculum import Curriculum, Stage
 from emoverse.tasks import ECPE
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -150,15 +150,17 @@ def test_au_tables_are_complete_and_loadable(tmp_path: Path) -> None:
 
 def test_stage_sources_restrict_the_pool() -> None:
     records = [frozenset({"mer", "source:meld"})] * 6 + [frozenset({"mer", "ecpe", "source:ecf"})] * 4
-    meld_only = TaskWeightedSampler(records, [Stage(name="mer", ratios={"mer": 1}, budget="all", sources=["meld"])], seed=0)
-    assert sorted({i for i, _ in meld_only}) == list(range(6))
-    both = TaskWeightedSampler(records, [Stage(name="mer", ratios={"mer": 1}, budget="all")], seed=0)
-    assert len({i for i, _ in both}) == 10
+    meld_only = Curriculum([Stage(name="mer", ratios={"mer": 1}, budget="all", sources=["meld"])])
+    meld_only.bind(records)
+    assert sorted({i for i, _ in meld_only.draws(0)}) == list(range(6))
+    both = Curriculum([Stage(name="mer", ratios={"mer": 1}, budget="all")])
+    both.bind(records)
+    assert len({i for i, _ in both.draws(0)}) == 10
     with pytest.raises(ValueError, match=r"Stage 'x': sources=\['friends'\]"):
         Stage(name="x", ratios={"mer": 1}, sources=["friends"])
     untagged = [frozenset({"mer"})] * 3
     with pytest.raises(ValueError, match="records carry no source"):
-        TaskWeightedSampler(untagged, [Stage(name="mer", ratios={"mer": 1}, sources=["meld"])], seed=0)
+        Curriculum([Stage(name="mer", ratios={"mer": 1}, sources=["meld"])]).bind(untagged)
 
 
 def test_build_counts_every_removal_and_drop_in_the_manifest(tmp_path: Path) -> None:

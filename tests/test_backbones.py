@@ -15,6 +15,7 @@ from PIL import Image
 
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.tiny import tiny_tokenizer
+from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import rgb_frames
 
 TINY = list_backbones("tiny*")
@@ -64,7 +65,7 @@ def test_tokenizer_is_deterministic_and_has_a_chat_template() -> None:
 @pytest.mark.parametrize("name", TINY)
 def test_forward_backward_trains_projector_and_lora_only(name: str) -> None:
     bb = with_lora(name)
-    batch = bb.processor(examples(), "train")
+    batch = AMTCollator(bb.processor, "train")(examples())
     labels = batch["labels"]
     # the labels are exactly the response and the end-of-turn marker
     want = bb.processor.tokenize("Positive") + bb.processor.end_ids
@@ -88,10 +89,10 @@ def test_forward_backward_trains_projector_and_lora_only(name: str) -> None:
 def test_batched_generation_equals_one_at_a_time(name: str) -> None:
     bb = with_lora(name).eval()
     exs = examples((1, 2, 1))
-    batch = bb.processor(exs, "generate")
+    batch = AMTCollator(bb.processor, "generate")(exs)
     assert len(set(batch["inputs"]["attention_mask"].sum(1).tolist())) == 3  # real left padding
     together = bb.generate(batch, [6, 6, 6])
-    alone = [bb.generate(bb.processor([ex], "generate"), [6])[0] for ex in exs]
+    alone = [bb.generate(AMTCollator(bb.processor, "generate")([ex]), [6])[0] for ex in exs]
     assert together == alone
 
 
@@ -99,7 +100,7 @@ def test_batched_generation_equals_one_at_a_time(name: str) -> None:
 def test_prompt_length_is_exact(name: str) -> None:
     bb = create_backbone(name)
     exs = examples((1, 2))
-    got = bb.processor(exs, "generate")["inputs"]["attention_mask"].sum(1).tolist()
+    got = AMTCollator(bb.processor, "generate")(exs)["inputs"]["attention_mask"].sum(1).tolist()
     assert [bb.processor.prompt_length(e["query"], e["images"]) for e in exs] == got
 
 
@@ -112,7 +113,7 @@ def test_trained_weights_round_trip(name: str) -> None:
                 p.add_(0.1 * torch.randn_like(p))
     trained = {k: v for k, v in a.state_dict().items() if k in {n for n, p in a.named_parameters() if p.requires_grad}}
     b.load_state_dict(trained, strict=False)
-    batch = a.processor(examples(), "train")
+    batch = AMTCollator(a.processor, "train")(examples())
     assert torch.equal(a.loss(batch)["loss"], b.loss(batch)["loss"])
 
 
@@ -126,8 +127,8 @@ def test_hf_family_loads_back_from_a_saved_folder(name: str, tmp_path: Path) -> 
     assert type(loaded.core) is type(saved.core)
     assert loaded.core.training, "from_pretrained returns eval mode; training needs train mode (dropout)"
     assert loaded.part_paths() == saved.part_paths()
-    batch = saved.processor(examples(), "train")
-    assert torch.equal(loaded.processor(examples(), "train")["inputs"]["input_ids"], batch["inputs"]["input_ids"])
+    batch = AMTCollator(saved.processor, "train")(examples())
+    assert torch.equal(AMTCollator(loaded.processor, "train")(examples())["inputs"]["input_ids"], batch["inputs"]["input_ids"])
     saved.eval(), loaded.eval()
     assert torch.allclose(saved.loss(batch)["loss"], loaded.loss(batch)["loss"])
 
@@ -137,9 +138,9 @@ def test_qwen2_vl_token_count_follows_the_image_size_and_survives_batch_changes(
     p = bb.processor
     assert p.prompt_length("q", [Image.new("RGB", (32, 32))]) + 12 == p.prompt_length("q", [Image.new("RGB", (64, 64))])
     bb.eval()
-    bb.generate(p(examples((1, 1, 1)), "generate"), [3, 3, 3])
+    bb.generate(AMTCollator(p, "generate")(examples((1, 1, 1))), [3, 3, 3])
     bb.train()
-    assert torch.isfinite(bb.loss(p(examples((1,)), "train"))["loss"])  # no stale rope_deltas from batch 3
+    assert torch.isfinite(bb.loss(AMTCollator(p, "train")(examples((1,))))["loss"])  # no stale rope_deltas from batch 3
 
 
 def test_lora_targets_that_match_nothing_are_named() -> None:
@@ -215,7 +216,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(name: str) -> 
     for bb in (plain, ckpt):
         bb.set_trainable(["projector", "lora"])
         bb.train()
-        out = bb.loss(bb.processor(examples(), "train"))
+        out = bb.loss(AMTCollator(bb.processor, "train")(examples()))
         out["loss"].backward()
         results.append((out["loss"].detach(), {n: p.grad for n, p in bb.named_parameters() if p.grad is not None}))
     (la, ga), (lb, gb) = results

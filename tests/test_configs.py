@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from jsonargparse import ArgumentError, Namespace
 
-from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage
+from emoverse import AMTDataModule, EmoVerseModule, Stage
 from emoverse.cli import EmoVerseCLI, cli_kwargs
+from emoverse.curriculum import Curriculum
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "examples" / "configs").rglob("*.yaml"))
@@ -46,10 +47,11 @@ def documented_configs(path: Path) -> list[Path]:
 
 
 def curriculum(config: Namespace) -> list[Stage]:
-    """The stages of the config's MultiStageCurriculum callback, built (Stage validates its fields)."""
-    found = [c for c in config.trainer.callbacks or [] if c.class_path.endswith("MultiStageCurriculum")]
-    assert len(found) == 1, f"expected one MultiStageCurriculum callback, got {[c.class_path for c in config.trainer.callbacks]}"
-    return MultiStageCurriculum([Stage(**s.as_dict()) for s in found[0].init_args.stages]).stages
+    """The stages of the config's `curriculum:`, built (Stage and Curriculum validate their fields)."""
+    assert config.curriculum is not None, "expected a top-level `curriculum:`"
+    listed = [c.class_path for c in config.trainer.callbacks or []]
+    assert not any(c.endswith("MultiStageCurriculum") for c in listed), "the CLI adds MultiStageCurriculum itself"
+    return Curriculum([Stage(**s.as_dict()) for s in config.curriculum.init_args.stages]).stages
 
 
 def args_of(files: list[Path]) -> list[str]:
@@ -65,7 +67,8 @@ def test_configs_are_found() -> None:
 def test_config_parses(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = parse(args_of(documented_configs(path)), monkeypatch)
     stages = curriculum(config)
-    assert config.trainer.max_epochs == sum(s.epochs for s in stages)
+    assert config.trainer.max_epochs == sum(s.epochs for s in stages)  # derived by the CLI
+    assert config.trainer.reload_dataloaders_every_n_epochs == 1
     trained = {t for s in stages for t in s.ratios}
     assert trained <= set(config.model.init_args.tasks), f"stages train {sorted(trained)}"
     # step-interval and epoch-end (stage-end) checkpoints are on in every shipped config
@@ -108,8 +111,7 @@ def test_ablations_change_what_the_paper_varies(monkeypatch: pytest.MonkeyPatch)
     "model:\n  init_args:\n    lora_rank: 8\n",  # unknown module argument
     "data:\n  init_args:\n    batch: 8\n",  # unknown datamodule argument
     "trainer:\n  max_epoch: 4\n",  # unknown Trainer argument
-    ("trainer:\n  callbacks:\n    - class_path: emoverse.curriculum.MultiStageCurriculum\n      init_args:\n"
-     "        stages:\n          - {name: one, ratio: {msa: 1}}\n"),  # unknown Stage field
+    "curriculum:\n  stages:\n    - {name: one, ratio: {msa: 1}}\n",  # unknown Stage field
 ])
 def test_wrong_key_is_rejected(bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     override = tmp_path / "bad.yaml"

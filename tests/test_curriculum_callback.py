@@ -9,9 +9,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-from emoverse.curriculum import MultiStageCurriculum, Stage, TaskWeightedSampler
+from emoverse.checkpointing import ResumableCheckpoint
+from emoverse.curriculum import Curriculum, MultiStageCurriculum, Stage, TaskWeightedSampler
 
 TASKS = ("msa", "fer", "mer", "eri", "ecpe")
 RECORDS = [{TASKS[i % 5], TASKS[(i * 7) % 5]} for i in range(120)]
@@ -32,15 +34,18 @@ class PairDataset(Dataset):
 
 
 class ToyData(pl.LightningDataModule):
-    def __init__(self) -> None:
+    """What AMTDataModule does with a curriculum: bind it in setup, a stateful loader per epoch."""
+
+    def __init__(self, curriculum: Curriculum) -> None:
         super().__init__()
-        self.train_sampler: TaskWeightedSampler | None = None
+        self.curriculum = curriculum
 
-    def use_curriculum(self, stages: list[Stage]) -> None:
-        self.train_sampler = TaskWeightedSampler(RECORDS, stages, seed=5)
+    def setup(self, stage: str) -> None:
+        self.curriculum.bind(RECORDS, self.trainer.world_size, BATCH)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(PairDataset(), batch_size=BATCH, sampler=self.train_sampler)
+    def train_dataloader(self) -> StatefulDataLoader:
+        sampler = TaskWeightedSampler(self.curriculum, self.trainer.global_rank, self.trainer.current_epoch)
+        return StatefulDataLoader(PairDataset(), batch_size=BATCH, sampler=sampler)
 
 
 class ToyModule(pl.LightningModule):
@@ -63,53 +68,82 @@ class ToyModule(pl.LightningModule):
         self.pairs.extend(zip(batch["record"].tolist(), batch["task"]))
         return self.lora(self.projector(self.vision(batch["x"]))).pow(2).mean()
 
-    def configure_optimizers(self):
-        opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=0.01)
+    def configure_optimizers(self):  # one group per part, built once
+        opt = torch.optim.AdamW([{"params": getattr(self, n).parameters()} for n in ("vision", "projector", "lora")],
+                                lr=0.01)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def fit(tmp_path: Path, ckpt: str | None = None, every: int | None = None) -> tuple[ToyModule, pl.Trainer]:
-    module = ToyModule()
-    callbacks: list[pl.Callback] = [MultiStageCurriculum(STAGES)]
-    if every:
-        callbacks.append(pl.callbacks.ModelCheckpoint(tmp_path, every_n_train_steps=every, save_top_k=-1, filename="{step}"))
-        callbacks.append(pl.callbacks.ModelCheckpoint(tmp_path, every_n_epochs=1, save_top_k=-1, filename="{epoch}"))
+def fit(tmp_path: Path, ckpt: str | None = None, stop: int | None = None) -> tuple[ToyModule, pl.Trainer]:
+    module, curriculum = ToyModule(), Curriculum(STAGES, seed=5)
+    callbacks: list[pl.Callback] = [MultiStageCurriculum(curriculum),
+                                    ResumableCheckpoint(str(tmp_path), every_n_train_steps=stop or 0, handle_signals=False)]
+    if stop:
+        callbacks.append(StopAt(stop))
     trainer = pl.Trainer(
         max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=bool(every), accelerator="cpu", devices=1, default_root_dir=tmp_path,
+        accelerator="cpu", devices=1, default_root_dir=tmp_path, reload_dataloaders_every_n_epochs=1,
     )
-    trainer.fit(module, datamodule=ToyData(), ckpt_path=ckpt)
+    trainer.fit(module, datamodule=ToyData(curriculum), ckpt_path=ckpt)
     return module, trainer
 
 
-def test_stages_switch_parts_groups_and_mix(tmp_path):
+class Stopped(Exception):
+    pass
+
+
+class StopAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Stopped  # as a crash or a pre-empted job would
+
+
+def test_stages_switch_parts_and_mix(tmp_path):
     module, trainer = fit(tmp_path)
     assert len(module.pairs) == 40 + 2 * 80  # stage pools: 40 records, then the remaining 80
     assert {t for _, t in module.pairs[:40]} <= {"msa", "fer", "mer"}
     assert all(task in RECORDS[r] for r, task in module.pairs)
-    opt = trainer.optimizers[0]
-    assert len(opt.param_groups) == 2  # vision joined as a new group in stage two
-    assert all(g["initial_lr"] == 0.05 for g in opt.param_groups)
-    assert len(trainer.lr_scheduler_configs[0].scheduler.base_lrs) == 2
+    assert len(trainer.optimizers[0].param_groups) == 3  # as configure_optimizers built them
     assert all(p.requires_grad for p in module.vision.parameters())
-    assert trainer.callback_metrics["curriculum/stage"] == 1.0
+    torch.manual_seed(0)
+    assert not torch.equal(module.vision.weight, nn.Linear(4, 4).weight)  # stage two trained the vision part
 
 
-def test_resume_continues_the_sequence(tmp_path):
-    full, _ = fit(tmp_path, every=5)
-    # step 10: the last batch of stage one (the next epoch is longer); 15: stage two, 5 batches into
-    # its first epoch; 30: the last batch of stage two's first epoch (the next is as long)
-    # epoch=0: saved at on_train_epoch_end of stage one
-    for name, step in (("step=10", 10), ("step=15", 15), ("step=30", 30), ("epoch=0", 10)):
-        resumed, _ = fit(tmp_path / name, ckpt=str(tmp_path / f"{name}.ckpt"))
-        assert resumed.pairs == full.pairs[step * BATCH :], name
-        for a, b in zip(full.parameters(), resumed.parameters()):
-            torch.testing.assert_close(a, b)
+@pytest.mark.parametrize("stop", [10, 15, 30], ids=["stage-one-end", "stage-two-mid-epoch", "stage-two-epoch-end"])
+def test_resume_continues_the_sequence(tmp_path, stop):
+    # 10: the last batch of stage one (the next epoch is longer); 15: 5 batches into stage two;
+    # 30: the last batch of stage two's first epoch (the next is as long)
+    full, _ = fit(tmp_path / "full")
+    with pytest.raises(Stopped):
+        fit(tmp_path / "stopped", stop=stop)
+    resumed, _ = fit(tmp_path / "resumed", ckpt=str(tmp_path / "stopped" / "last.ckpt"))
+    assert resumed.pairs == full.pairs[stop * BATCH :]
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_wrong_max_epochs_is_an_error(tmp_path):
-    trainer = pl.Trainer(max_epochs=2, callbacks=[MultiStageCurriculum(STAGES)], logger=False, enable_progress_bar=False,
-                         accelerator="cpu", default_root_dir=tmp_path)
+    curriculum = Curriculum(STAGES)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[MultiStageCurriculum(curriculum)], logger=False,
+                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path,
+                         reload_dataloaders_every_n_epochs=1)
     with pytest.raises(ValueError, match="max_epochs=2.*set max_epochs=3"):
-        trainer.fit(ToyModule(), datamodule=ToyData())
+        trainer.fit(ToyModule(), datamodule=ToyData(curriculum))
+
+
+def test_epochs_of_different_lengths_need_a_loader_per_epoch(tmp_path):
+    curriculum = Curriculum(STAGES)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[MultiStageCurriculum(curriculum)], logger=False,
+                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="set reload_dataloaders_every_n_epochs=1"):
+        trainer.fit(ToyModule(), datamodule=ToyData(curriculum))
+
+
+def test_a_checkpoint_of_the_old_layout_is_refused():
+    old = {"stage": 1, "groups": {}, "peak_lrs": {}, "sampler": {"consumed": 8}}
+    with pytest.raises(ValueError, match="predates emoverse's curriculum redesign"):
+        MultiStageCurriculum(Curriculum(STAGES)).load_state_dict(old)

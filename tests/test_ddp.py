@@ -9,7 +9,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 
-from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage, TaskWeightedSampler, make_demo_amt
+from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage, make_demo_amt
+from emoverse.checkpointing import ResumableCheckpoint
+from emoverse.curriculum import Curriculum
+from emoverse.report import RunReport
 
 
 class _RecordPairs(pl.Callback):
@@ -22,12 +25,11 @@ class _RecordPairs(pl.Callback):
         self.pairs: list[list] = []
         self.val_ids: list[str] = []
         dm = trainer.datamodule
-        single = TaskWeightedSampler(dm.datasets["train"].record_tasks, dm.stages, seed=dm.seed, num_replicas=1, rank=0)
+        single = Curriculum(pl_module.curriculum.stages, seed=pl_module.curriculum.seed)
+        single.bind(dm.datasets["train"].record_tasks, num_replicas=1)
         ids = dm.datasets["train"].index.entries
-        self.expected = []
-        for epoch in range(trainer.max_epochs):
-            single.set_epoch(epoch)
-            self.expected += [[epoch, ids[i].meta["id"], t] for i, t in single]
+        self.expected = [[epoch, ids[i].meta["id"], t] for epoch in range(trainer.max_epochs)
+                         for i, t in single.draws(epoch)]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.pairs += [[trainer.current_epoch, i, t] for i, t in zip(batch["ids"], batch["tasks"], strict=True)]
@@ -45,16 +47,18 @@ class _RecordPairs(pl.Callback):
 @pytest.mark.slow
 def test_two_ranks_train_on_disjoint_samples_and_share_evaluation(tmp_path: Path) -> None:
     make_demo_amt(tmp_path / "amt", seed=0, num_monologues=80, num_dialogues=16)
-    stages = [Stage(name="one", ratios={"msa": 2, "mer": 1}, budget=60, epochs=1),
-              Stage(name="two", ratios={"mer": 1, "ecpe": 1}, budget="remaining", epochs=1)]
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, use_distributed_sampler=False,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
-        callbacks=[MultiStageCurriculum(stages), _RecordPairs(tmp_path)], default_root_dir=tmp_path,
+    curriculum = Curriculum([Stage(name="one", ratios={"msa": 2, "mer": 1}, budget=60, epochs=1),
+                             Stage(name="two", ratios={"mer": 1, "ecpe": 1}, budget="remaining", epochs=1)])
+    trainer = pl.Trainer(  # with the shipped callbacks, as the shipped configs run
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, reload_dataloaders_every_n_epochs=1,
+        logger=False, enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+        callbacks=[MultiStageCurriculum(curriculum), _RecordPairs(tmp_path), RunReport(out_dir=str(tmp_path)),
+                   ResumableCheckpoint(str(tmp_path / "checkpoints"), every_n_train_steps=5)],
     )
-    module = EmoVerseModule("tiny", tasks=["msa", "mer", "ecpe"], lr=1e-3)
+    module = EmoVerseModule("tiny", tasks=["msa", "mer", "ecpe"], lr=1e-3, curriculum=curriculum)
     trainer.fit(module, AMTDataModule(str(tmp_path / "amt"), batch_size=4, eval_batch_size=8, max_eval_per_task=6,
-                                      processor=module.processor, tasks=module.tasks))
+                                      processor=module.processor, tasks=module.tasks, curriculum=curriculum))
+    assert (tmp_path / "report.html").exists() and (tmp_path / "checkpoints" / "last.ckpt").exists()
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # together the ranks draw exactly the single-process sequence of every epoch, each half of it
     both = Counter(tuple(p) for r in ranks for p in r["pairs"])

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 from emoverse import EmoVerseModule
 from emoverse.backbones import ComposedBackbone, HFVisionLanguageBackbone
 from emoverse.backbones.composed import ComposedModel
+from emoverse.data.collator import AMTCollator
 from emoverse.export import export_merged, export_trained, load_trained, main
 
 
@@ -49,7 +50,7 @@ EXAMPLES = [{"id": f"r{i}", "task": "mer", "query": "Which emotion?" + " Really?
 @pytest.mark.parametrize("name", ["tiny_llava", "tiny_qwen2_vl"])
 def test_merged_hf_export_generates_the_same_tokens(name: str, tmp_path: Path) -> None:
     module = trained(name)
-    batch = module.processor(EXAMPLES, "generate")
+    batch = AMTCollator(module.processor, "generate")(EXAMPLES)
     before = module.backbone.generate_ids(batch["inputs"], 6)
     export_merged(module, tmp_path)
     assert not list(tmp_path.glob("*.bin")) and list(tmp_path.glob("*.safetensors"))
@@ -61,7 +62,7 @@ def test_merged_hf_export_generates_the_same_tokens(name: str, tmp_path: Path) -
 
 def test_merged_composed_export_generates_the_same_tokens(tmp_path: Path) -> None:
     module = trained("tiny")
-    batch = module.processor(EXAMPLES, "generate")
+    batch = AMTCollator(module.processor, "generate")(EXAMPLES)
     before = module.backbone.generate_ids(batch["inputs"], 6)
     vision = module.backbone.part("vision")
     export_merged(module, tmp_path)

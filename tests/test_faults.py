@@ -404,16 +404,19 @@ def small_amt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def m2se_fit(amt: Path, root: Path, extra: list[pl.Callback], ckpt_path: str | None = None) -> Any:
     """The tiny module with LoRA dropout (so resuming must restore the RNG) under a 2 + 2x3-step M2SE."""
     from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage
+    from emoverse.curriculum import Curriculum
 
-    stages = [Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=8),
-              Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, epochs=2, samples_per_epoch=12)]
+    curriculum = Curriculum([
+        Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=8),
+        Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, epochs=2, samples_per_epoch=12)])
     torch.manual_seed(0)
-    module = EmoVerseModule("tiny", lora_dropout=0.3, lr=1e-3, warmup_ratio=0.2)
+    module = EmoVerseModule("tiny", lora_dropout=0.3, lr=1e-3, warmup_ratio=0.2, curriculum=curriculum)
     data = AMTDataModule(str(amt), batch_size=4, eval_batch_size=4, num_frames=2, seed=0,
-                         processor=module.processor, tasks=module.tasks)
+                         processor=module.processor, tasks=module.tasks, curriculum=curriculum)
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
-                         callbacks=[MultiStageCurriculum(stages), ResumableCheckpoint(every_n_train_steps=0), *extra])
+                         reload_dataloaders_every_n_epochs=1,
+                         callbacks=[MultiStageCurriculum(curriculum), ResumableCheckpoint(every_n_train_steps=0), *extra])
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone
+from emoverse.data.collator import AMTCollator
 
 bnb = pytest.importorskip("bitsandbytes")
 EXAMPLES = [{"id": f"r{i}", "task": "msa", "query": "How does the speaker feel?", "response": ["Positive", "Negative"][i],
@@ -53,7 +54,7 @@ def test_qlora_trains_and_survives_a_validation_pass(build, tmp_path: Path) -> N
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in bb.part("projector").modules())  # trained in full precision
     bb.add_lora(4, 16, 0.0)
     bb.set_trainable(["projector", "lora"])
-    batch = bb.processor(EXAMPLES, "train")
+    batch = AMTCollator(bb.processor, "train")(EXAMPLES)
     opt = torch.optim.AdamW([p for p in bb.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(8):
@@ -66,7 +67,7 @@ def test_qlora_trains_and_survives_a_validation_pass(build, tmp_path: Path) -> N
     bb.eval()
     with torch.no_grad():  # a validation pass: eval mode, no gradients
         bb.loss(batch)
-        bb.generate(bb.processor(EXAMPLES, "generate"), [2, 2])
+        bb.generate(AMTCollator(bb.processor, "generate")(EXAMPLES), [2, 2])
     after_loss, after = lora_grads(bb, batch)
     assert after_loss == pytest.approx(before_loss, abs=1e-5)
     assert all(torch.allclose(after[n], before[n], atol=1e-5) for n in before)

@@ -16,10 +16,11 @@ import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from emoverse.cli import main
-from emoverse.curriculum import MultiStageCurriculum, Stage, TaskWeightedSampler
+from emoverse.curriculum import Curriculum, MultiStageCurriculum, Stage, TaskWeightedSampler
 from emoverse.report import RunReport, write_report
 from emoverse.report.analysis import ecpe_pairs, f1_scores, mer_confusion, msa_polarity, unparsed_counts
 from emoverse.report.collect import write_collect_report
@@ -110,8 +111,7 @@ def make_run(root: Path, stages_reached: int = 2, predictions: list[dict] | None
     rows.append({"epoch": 0, "step": 0, "test/msa/acc2_nn": 0.61, "test/mer/acc": 0.5, "test/mer/weighted_f1": 0.4,
                  "test/ecpe/f1": 0.25, "test/mer/unparsed": 1})
     write_csv(root / "metrics.csv", rows)
-    config = {"trainer": {"callbacks": [{"class_path": "emoverse.curriculum.MultiStageCurriculum",
-                                         "init_args": {"stages": STAGES}}]},
+    config = {"curriculum": {"stages": STAGES},
               "model": {"init_args": {"backbone": "tiny"}}, "data": {"init_args": {"path": "data/amt", "demo": False}}}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     draws = {"stages": STAGES, "epochs": [{"epoch": e, "stage": min(e, 1), "first_step": 15 * e,
@@ -248,17 +248,23 @@ def collate(items: list[dict]) -> dict:
 
 
 class ToyData(pl.LightningDataModule):
-    def use_curriculum(self, stages: list[Stage]) -> None:
-        self.train_sampler = TaskWeightedSampler(RECORDS, stages, seed=3)
+    def __init__(self, curriculum: Curriculum) -> None:
+        super().__init__()
+        self.curriculum = curriculum
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(PairDataset(), batch_size=8, sampler=self.train_sampler, collate_fn=collate)
+    def setup(self, stage: str) -> None:
+        self.curriculum.bind(RECORDS, 1, 8)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        sampler = TaskWeightedSampler(self.curriculum, epoch=self.trainer.current_epoch)
+        return StatefulDataLoader(PairDataset(), batch_size=8, sampler=sampler, collate_fn=collate)
 
 
 class ToyModule(pl.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, curriculum: Curriculum) -> None:
         super().__init__()
         self.layer = nn.Linear(4, 1)
+        self.curriculum = curriculum  # where RunReport reads the planned stages
 
     def set_trainable(self, parts: Collection[str]) -> list[nn.Parameter]:
         return []
@@ -273,20 +279,19 @@ class ToyModule(pl.LightningModule):
 
 
 def test_callback_records_every_draw_and_writes_the_report(tmp_path: Path) -> None:
-    stages = [Stage(**s) for s in STAGES]
-    curriculum = MultiStageCurriculum(stages)
-    trainer = pl.Trainer(max_epochs=3, callbacks=[curriculum, RunReport()], logger=CSVLogger(tmp_path),
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         accelerator="cpu", devices=1, log_every_n_steps=5)
-    data = ToyData()
-    trainer.fit(ToyModule(), datamodule=data)
+    curriculum = Curriculum([Stage(**s) for s in STAGES], seed=3)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[MultiStageCurriculum(curriculum), RunReport()],
+                         logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, accelerator="cpu", devices=1, log_every_n_steps=5,
+                         reload_dataloaders_every_n_epochs=1)
+    trainer.fit(ToyModule(curriculum), datamodule=ToyData(curriculum))
     run_dir = Path(trainer.log_dir)
     draws = json.loads((run_dir / "curriculum.json").read_text())
     assert [s["name"] for s in draws["stages"]] == ["perception", "reasoning"]
     assert [(e["epoch"], e["stage"]) for e in draws["epochs"]] == [(0, 0), (1, 1), (2, 1)]
     assert draws["epochs"][0]["first_step"] == 0 and draws["epochs"][1]["first_step"] == 5  # 40 samples / 8
     for e in draws["epochs"]:  # every sample the training steps got, which is the sampler's quota per epoch
-        assert e["drawn"] == data.train_sampler.quotas(e["stage"])
+        assert e["drawn"] == curriculum.quotas(e["stage"])
     page = check_page(run_dir / "report.html")
     assert {"loss", "task_mix"} <= {Path(s).stem for s in page.images}
 
@@ -295,14 +300,15 @@ def test_resumed_runs_count_the_same_draws(tmp_path: Path) -> None:
     """Stopped in epoch 0 (step 3 of 5) or in epoch 1 (step 6), then resumed: curriculum.json is the uninterrupted one."""
 
     def run(name: str, ckpt: str | None = None, every_steps: int | None = None) -> list[dict]:
-        callbacks: list[pl.Callback] = [MultiStageCurriculum([Stage(**s) for s in STAGES]), RunReport(on_fit=False)]
+        curriculum = Curriculum([Stage(**s) for s in STAGES], seed=3)
+        callbacks: list[pl.Callback] = [MultiStageCurriculum(curriculum), RunReport(on_fit=False)]
         if every_steps:
             callbacks.append(pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=every_steps,
                                                           save_top_k=-1, filename="{step}"))
         trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, logger=CSVLogger(tmp_path, name=name),
                              enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(every_steps),
-                             accelerator="cpu", devices=1)
-        trainer.fit(ToyModule(), datamodule=ToyData(), ckpt_path=ckpt)
+                             accelerator="cpu", devices=1, reload_dataloaders_every_n_epochs=1)
+        trainer.fit(ToyModule(curriculum), datamodule=ToyData(curriculum), ckpt_path=ckpt)
         return json.loads((Path(trainer.log_dir) / "curriculum.json").read_text())["epochs"]
 
     full = run("full", every_steps=3)  # step 3: epoch 0 (5 batches), batch 3; step 6: epoch 1, batch 1
@@ -357,16 +363,17 @@ def test_report_of_a_short_real_run(tmp_path: Path) -> None:
     from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
 
     make_demo_amt(tmp_path / "amt", seed=0, num_monologues=40, num_dialogues=10)
-    stages = [Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1),
-              Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, samples_per_epoch=24, epochs=1)]
+    curriculum = Curriculum([
+        Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1),
+        Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, samples_per_epoch=24, epochs=1)])
     torch.manual_seed(0)
-    module = EmoVerseModule("tiny", lr=3e-3)
+    module = EmoVerseModule("tiny", lr=3e-3, curriculum=curriculum)
     data = AMTDataModule(str(tmp_path / "amt"), batch_size=8, eval_batch_size=16, max_eval_per_task=4,
-                         processor=module.processor, tasks=module.tasks)
+                         processor=module.processor, tasks=module.tasks, curriculum=curriculum)
     kwargs = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
-              "logger": CSVLogger(tmp_path / "runs"), "log_every_n_steps": 1, "use_distributed_sampler": False}
-    trainer = pl.Trainer(max_epochs=2, callbacks=[MultiStageCurriculum(stages), RunReport()],
-                         enable_checkpointing=False, **kwargs)
+              "logger": CSVLogger(tmp_path / "runs"), "log_every_n_steps": 1}
+    trainer = pl.Trainer(max_epochs=2, callbacks=[MultiStageCurriculum(curriculum), RunReport()],
+                         enable_checkpointing=False, reload_dataloaders_every_n_epochs=1, **kwargs)
     trainer.fit(module, data)
     fit_page = check_page(Path(trainer.log_dir) / "report.html")
     assert {"loss", "task_mix", "validation"} <= {Path(s).stem for s in fit_page.images}

@@ -4,14 +4,15 @@ not wrap, and the multi-device example configs."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from torch.utils.data import DistributedSampler
 
-from emoverse.curriculum import Stage, TaskWeightedSampler
-from emoverse.distributed import PresplitSampler
+from emoverse.curriculum import Curriculum, Stage, TaskWeightedSampler
+from emoverse.distributed import RankShardSampler
 from emoverse.memory import EMOVERSE_4B, EMOVERSE_8B, GB, INTERN_VIT_300M, PAPER_SETTINGS, TrainSettings, estimate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,13 +58,15 @@ def test_bad_settings_name_the_field() -> None:
 
 def test_samplers_are_distributed_samplers_so_lightning_does_not_wrap_them() -> None:
     # Lightning adds a DistributedSampler only where the loader's sampler is not one already
-    stages = [Stage(name="one", ratios={"msa": 1, "mer": 1}, budget="all")]
-    ranks = [TaskWeightedSampler([{"msa", "mer"}] * 10, stages, num_replicas=2, rank=r) for r in (0, 1)]
+    curriculum = Curriculum([Stage(name="one", ratios={"msa": 1, "mer": 1}, budget="all")])
+    curriculum.bind([{"msa", "mer"}] * 10, num_replicas=2)
+    ranks = [TaskWeightedSampler(curriculum, rank=r) for r in (0, 1)]
     assert all(isinstance(s, DistributedSampler) for s in ranks)
-    assert ranks[0].num_samples == len(ranks[0]) == 5 and ranks[0].total_size == 10
-    assert not set(ranks[0]) & set(ranks[1])
-    presplit = PresplitSampler(3)
-    assert isinstance(presplit, DistributedSampler) and list(presplit) == [0, 1, 2] and len(presplit) == 3
+    assert ranks[0].num_samples == len(ranks[0]) == 5 and ranks[0].total_size == 10  # 10 draws, 5 a rank
+    assert Counter(list(ranks[0]) + list(ranks[1])) == Counter(curriculum.draws(0, 0) + curriculum.draws(0, 1))
+    shards = [RankShardSampler(5, num_replicas=2, rank=r) for r in (0, 1)]  # evaluation: unpadded
+    assert all(isinstance(s, DistributedSampler) for s in shards)
+    assert [list(s) for s in shards] == [[0, 2, 4], [1, 3]] and [len(s) for s in shards] == [3, 2]
 
 
 # FSDP2 units ----------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """DDP and FSDP2 on two CPU processes (gloo): the loss follows one process on the same global batch,
 and a run stopped and resumed under each strategy draws the same (record, task) sequence and ends
-with the same weights as an uninterrupted run.
+with the same weights as an uninterrupted run, with LoRA dropout on both ranks and a stage 2 that
+also trains the vision encoder. Every run has the shipped callbacks (`MultiStageCurriculum`,
+`ResumableCheckpoint`, `RunReport`), as the shipped configs do.
 
 Lightning's `ddp` and `ModelParallelStrategy` start the other ranks by re-running the command, so
 each run is this file executed as a script in a subprocess (`python tests/test_scaling_dist.py ...`),
@@ -29,14 +31,17 @@ def _run_training(args: argparse.Namespace) -> None:
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     from emoverse import AMTDataModule, EmoVerseModule, MultiStageCurriculum, Stage
+    from emoverse.checkpointing import ResumableCheckpoint
+    from emoverse.curriculum import Curriculum
+    from emoverse.report import RunReport
 
     devices = 1 if args.strategy == "single" else 2
-    stages = [
+    curriculum = Curriculum([
         Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1,
               samples_per_epoch=FIRST * GLOBAL_BATCH),
         Stage(name="reasoning", ratios={"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}, epochs=2,
-              samples_per_epoch=SECOND * GLOBAL_BATCH),
-    ]
+              samples_per_epoch=SECOND * GLOBAL_BATCH, train=["projector", "lora", "vision"], lr=5e-4),
+    ])
 
     class Record(pl.Callback):
         def __init__(self) -> None:
@@ -49,7 +54,7 @@ def _run_training(args: argparse.Namespace) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.losses.append(float(outputs["loss"]))
             if trainer.global_step == args.stop:
-                trainer.should_stop = True  # the ModelCheckpoint below saves at this very hook first
+                trainer.should_stop = True  # ResumableCheckpoint (a Checkpoint: its hooks run last) saves now
 
         def on_train_end(self, trainer, pl_module) -> None:
             out = Path(args.out)
@@ -61,10 +66,9 @@ def _run_training(args: argparse.Namespace) -> None:
             if trainer.global_rank == 0:
                 torch.save(weights, out / "weights.pt")
 
-    callbacks: list[pl.Callback] = [MultiStageCurriculum(stages), Record()]
-    if args.stop:
-        callbacks.append(pl.callbacks.ModelCheckpoint(args.out, filename="{step}", every_n_train_steps=args.stop,
-                                                      save_top_k=-1))
+    callbacks: list[pl.Callback] = [MultiStageCurriculum(curriculum), Record(), RunReport(out_dir=args.out),
+                                    ResumableCheckpoint(args.out, every_n_train_steps=args.stop, keep_epoch_ends=False,
+                                                        handle_signals=False)]
     strategy: Any = {"single": "auto", "ddp": "ddp"}.get(args.strategy)
     if args.strategy == "fsdp":
         # checkpoints hold only the trained weights: small, so gathered into one file on rank 0
@@ -72,19 +76,19 @@ def _run_training(args: argparse.Namespace) -> None:
                                          save_distributed_checkpoint=False)
     torch.manual_seed(0)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=3, callbacks=callbacks,
-        logger=False, enable_checkpointing=bool(args.stop), enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=curriculum.total_epochs, callbacks=callbacks,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
         limit_val_batches=args.val_batches, num_sanity_val_steps=0, default_root_dir=args.out,
         use_distributed_sampler=args.distributed_sampler,
     )
-    module = EmoVerseModule("tiny", lora_dropout=0.0, lr=1e-3, warmup_ratio=0.2)
+    module = EmoVerseModule("tiny", lora_dropout=args.dropout, lr=1e-3, warmup_ratio=0.2, curriculum=curriculum)
     data = AMTDataModule(args.amt, batch_size=GLOBAL_BATCH // devices, eval_batch_size=4, num_frames=2, seed=0,
-                         processor=module.processor, tasks=module.tasks)
+                         processor=module.processor, tasks=module.tasks, curriculum=curriculum)
     trainer.fit(module, datamodule=data, ckpt_path=args.ckpt)
 
 
 def run(strategy: str, amt: Path, out: Path, stop: int = 0, ckpt: Path | None = None,
-        distributed_sampler: bool = False, val_batches: int = 0) -> dict[str, Any]:
+        distributed_sampler: bool = False, val_batches: int = 0, dropout: float = 0.0) -> dict[str, Any]:
     """Train in a subprocess; returns {"ranks": [per-rank records], "weights": rank 0's trainable weights}."""
     import torch
 
@@ -94,7 +98,7 @@ def run(strategy: str, amt: Path, out: Path, stop: int = 0, ckpt: Path | None = 
         cmd += ["--ckpt", str(ckpt)]
     if distributed_sampler:
         cmd.append("--distributed-sampler")
-    cmd += ["--val-batches", str(val_batches)]
+    cmd += ["--val-batches", str(val_batches), "--dropout", str(dropout)]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{strategy} run failed:\n{done.stderr[-4000:]}"
@@ -167,6 +171,7 @@ def test_fsdp2_validates(amt: Path, tmp_path: Path) -> None:
     result = run("fsdp", amt, tmp_path, val_batches=2)
     metrics = [r["metrics"] for r in result["ranks"]]
     assert metrics[0] == metrics[1] and {"val/mer/acc", "val/msa/acc2_nn"} <= set(metrics[0])
+    assert (tmp_path / "report.html").exists() and (tmp_path / "curriculum.json").exists()  # no rank-0-only collective
 
 
 @pytest.mark.slow
@@ -182,21 +187,24 @@ def test_fsdp2_computes_what_ddp_computes(uninterrupted: dict[str, dict[str, Any
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("strategy", "stop"), [("ddp", 4), ("fsdp", 4), ("fsdp", 2)],
-                         ids=["ddp-mid-epoch", "fsdp-mid-epoch", "fsdp-stage-end"])
-def test_stop_and_resume(strategy: str, stop: int, amt: Path, uninterrupted: dict[str, dict[str, Any]],
-                         tmp_path: Path) -> None:
-    # steps 0-1 are stage one, 2-4 and 5-7 stage two's epochs; stop=2 saves at stage one's last batch
-    full = uninterrupted[strategy]
-    stopped = run(strategy, amt, tmp_path / "stopped", stop=stop)
-    assert pairs_by_step(stopped) == pairs_by_step(full)[:stop]
-    ckpt = tmp_path / "stopped" / f"step={stop}.ckpt"
-    assert ckpt.exists(), sorted(p.name for p in (tmp_path / "stopped").iterdir())
-    resumed = run(strategy, amt, tmp_path / "resumed", ckpt=ckpt)
-    assert pairs_by_step(resumed) == pairs_by_step(full)[stop:]
+@pytest.mark.parametrize(("strategy", "stop"), [("ddp", 4), ("ddp", 2), ("fsdp", 4), ("fsdp", 2)],
+                         ids=["ddp-mid-epoch", "ddp-stage-end", "fsdp-mid-epoch", "fsdp-stage-end"])
+def test_stop_and_resume(strategy: str, stop: int, amt: Path, tmp_path: Path) -> None:
+    # steps 0-1 are stage one, 2-4 and 5-7 stage two's epochs (which also train the vision encoder);
+    # stop=2 saves at stage one's end, stop=4 inside stage two; LoRA dropout draws on both ranks
     import torch
 
+    full = run(strategy, amt, tmp_path / "full", dropout=0.1)
+    stopped = run(strategy, amt, tmp_path / "stopped", stop=stop, dropout=0.1)
+    assert pairs_by_step(stopped) == pairs_by_step(full)[:stop]
+    ckpt = tmp_path / "stopped" / "last.ckpt"
+    assert ckpt.exists(), sorted(p.name for p in (tmp_path / "stopped").iterdir())
+    resumed = run(strategy, amt, tmp_path / "resumed", ckpt=ckpt, dropout=0.1)
+    assert pairs_by_step(resumed) == pairs_by_step(full)[stop:]
+    for a, b in zip(global_losses(full)[stop:], global_losses(resumed), strict=True):
+        assert a == pytest.approx(b, rel=1e-5)  # the same dropout masks on every rank
     assert resumed["weights"].keys() == full["weights"].keys() and full["weights"]
+    assert any(".vision." in name for name in full["weights"])
     for name, value in full["weights"].items():
         torch.testing.assert_close(resumed["weights"][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -210,4 +218,5 @@ if __name__ == "__main__":
     parser.add_argument("--ckpt")
     parser.add_argument("--distributed-sampler", action="store_true")
     parser.add_argument("--val-batches", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=0.0)
     _run_training(parser.parse_args())

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 
 from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
-from emoverse.curriculum import Stage
+from emoverse.curriculum import Curriculum, Stage
 from emoverse.data.streaming import AMTStream
 
 
@@ -40,8 +40,8 @@ def test_streaming_datamodule_trains_with_workers(small_amt: Path, tmp_path: Pat
                          enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(module, data)
     assert trainer.global_step == 3
-    with pytest.raises(ValueError, match="streaming=True\\) cannot run a MultiStageCurriculum"):
-        data.use_curriculum([Stage(name="s", ratios={"msa": 1}, budget="all")])
+    with pytest.raises(ValueError, match="streaming=True\\) cannot follow a curriculum"):
+        AMTDataModule(str(small_amt), streaming=True, curriculum=Curriculum([Stage(name="s", ratios={"msa": 1})]))
 
 
 def test_stream_without_max_steps_is_an_error(small_amt: Path, tmp_path: Path) -> None:
