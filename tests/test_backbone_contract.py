@@ -217,3 +217,51 @@ def test_per_token_input_that_generation_does_not_extend_is_named() -> None:
 def test_registry_lists_the_new_families() -> None:
     assert {"tiny_qwen2_5_vl", "tiny_qwen3_vl", "tiny_qwen3_vl_moe", "tiny_gemma3", "tiny_paligemma", "tiny_mllama",
             "tiny_glm4v", "tiny_llava_next_video"} <= set(list_backbones("tiny*"))
+
+
+@pytest.mark.parametrize("name", HF)
+def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path) -> None:
+    """`emoverse export`'s merged folder, loaded back the way a user loads a checkpoint (by path)."""
+    from emoverse import EmoVerseModule
+    from emoverse.export import export_merged
+
+    torch.manual_seed(0)
+    module = EmoVerseModule(name)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    module.eval()
+    batch = module.processor(examples((1, 2)), "generate")
+    before = module.backbone.generate_ids(batch["inputs"], 5)
+    images_kwargs = module.backbone.processor.images_kwargs
+    export_merged(module, tmp_path)
+    reloaded = HFVisionLanguageBackbone(str(tmp_path), images_kwargs=images_kwargs).eval()
+    assert reloaded.processor.stop_ids == module.backbone.processor.stop_ids
+    assert torch.equal(reloaded.generate_ids(reloaded.processor(examples((1, 2)), "generate")["inputs"], 5), before)
+
+
+NEW_FAMILIES = ["tiny_qwen2_5_vl", "tiny_qwen3_vl", "tiny_qwen3_vl_moe", "tiny_gemma3", "tiny_paligemma", "tiny_mllama",
+                "tiny_glm4v", "tiny_llava_next_video"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_family_fits_exports_and_reloads_through_the_cli(name: str, demo_amt, tmp_path) -> None:
+    """The quickstart with only the backbone entry changed, then `emoverse export` and a reload that generates."""
+    import yaml
+
+    from emoverse.export import main as export_main
+    from tests.test_cli import QUICKSTART, _fit, _losses
+
+    config = yaml.safe_load(QUICKSTART.read_text())
+    config["model"]["init_args"]["backbone"] = name
+    mine = tmp_path / "my_quickstart.yaml"
+    mine.write_text(yaml.safe_dump(config))
+    run = _fit(mine, demo_amt, tmp_path / "runs", "--trainer.log_every_n_steps", "1")
+    assert all(torch.isfinite(torch.tensor(_losses(run))))
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    assert export_main([str(ckpt), str(tmp_path / "out")]) == 0
+    reloaded = HFVisionLanguageBackbone(str(tmp_path / "out"),
+                                        images_kwargs=create_backbone(name).processor.images_kwargs).eval()
+    assert len(reloaded.generate(reloaded.processor(examples((1,)), "generate"), [4])) == 1
