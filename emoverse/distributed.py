@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from emoverse.backbones.base import PartGroup
+
 
 class RankShardSampler(DistributedSampler):
     """Rank r of R takes items r, r + R, ... of a fixed list, unpadded (evaluation: no item is scored twice).
@@ -127,7 +129,7 @@ def fully_shard_backbone(root: nn.Module, mesh: object, backbone: nn.Module | No
     tied = head is not None and head.weight is embed.weight
     shard("llm.embeddings" + ("+head" if tied else ""), [embed, head] if tied else embed)
     shard("llm.rest", owner)  # final norm, output head
-    shard("projector", parts["projector"])
+    shard("projector", list(parts["projector"]) if isinstance(parts["projector"], PartGroup) else parts["projector"])
     shard("vision", parts["vision"])
     if hasattr(parts["vision"], "forward_features"):  # timm encoders are called through forward_features
         register_fsdp_forward_method(parts["vision"], "forward_features")

@@ -8,7 +8,8 @@ Train it with the quickstart config by changing only the backbone entry (docs/ba
           class_path: custom_backbone.ConvBackbone
           init_args: {channels: 32}
 
-and `PYTHONPATH=examples emoverse fit --config my_quickstart.yaml`.
+and `PYTHONPATH=examples emoverse fit --config my_quickstart.yaml`. docs/backbones.md shows this file's code
+(a test checks that the two agree and runs it).
 
 The class sets `model` and `processor` and implements the one abstract method of
 `emoverse.backbones.Backbone`, `part_paths`; it reuses emoverse's composed pieces for the
@@ -18,11 +19,13 @@ convention, so `Backbone`'s default `logits` and `generate_ids` apply.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from emoverse.backbones import Backbone
+from emoverse.backbones import Backbone, register_backbone
 from emoverse.backbones.composed import ComposedModel, ComposedProcessor
 from emoverse.backbones.tiny import tiny_tokenizer
 
@@ -72,3 +75,9 @@ class ConvBackbone(Backbone):
     def part_paths(self) -> dict[str, str]:
         # by module path: LoRA goes only on linear layers under "llm.model"
         return {"vision": "vision", "projector": "projector", "language_model": "llm.model"}
+
+
+@register_backbone
+def conv_small(channels: int = 32, **kwargs: Any) -> ConvBackbone:
+    """`ConvBackbone` by name; overrides such as `channels=16` replace the defaults."""
+    return ConvBackbone(channels=channels, **kwargs)

@@ -23,7 +23,7 @@ HF = [n for n in TINY if isinstance(create_backbone(n), HFVisionLanguageBackbone
 
 
 def examples(n_frames: tuple[int, ...] = (1, 2), size: tuple[int, int] = (96, 64)) -> list[dict]:
-    return [{"id": f"r{i}", "task": "msa", "query": "How does the speaker feel?" + " really" * i,
+    return [{"id": f"r{i}", "task": "msa", "query": "How does the speaker feel?" + " really" * (2 * i),
              "response": "Positive", "images": [Image.new("RGB", size, (40 * i, 90, 10))] * k, "record": None}
             for i, k in enumerate(n_frames)]
 
@@ -75,11 +75,12 @@ def test_forward_backward_trains_projector_and_lora_only(name: str) -> None:
     out["loss"].backward()
     grads = {n for n, p in bb.named_parameters() if p.grad is not None}
     paths = bb.part_paths()
-    projector = {n for n, _ in bb.part("projector").named_parameters()}
+    projector = paths["projector"] if isinstance(paths["projector"], tuple) else (paths["projector"],)
     assert any("lora_" in n for n in grads)
-    assert projector and any(n.endswith(next(iter(projector))) for n in grads)
-    vision_prefix = f".{paths['vision']}."
-    assert not [n for n in grads if vision_prefix in f".{n}" and f".{paths['projector']}." not in f".{n}"]
+    # every projector module gets a gradient, and nothing but the projector and LoRA does
+    core = {n.split("base_model.model.", 1)[-1] for n in grads}
+    assert all(any(n.startswith(f"{p}.") for n in core) for p in projector)
+    assert all("lora_" in n or any(n.startswith(f"{p}.") for p in projector) for n in core)
     # LoRA adapters sit in the language model only (suffix-matched targets also hit the vision tower)
     lora_modules = [n for n, _ in bb.core.named_modules() if n.endswith("lora_A")]
     assert lora_modules and all(n.startswith(paths["language_model"] + ".") for n in lora_modules)

@@ -31,7 +31,7 @@ def test_labels_cover_exactly_the_response(processor) -> None:
     for b, response in enumerate(["Joy.", "Sadness."]):
         labels = batch["labels"][b]
         kept = labels[labels != IGNORE_INDEX].tolist()
-        assert tok.decode(kept) == response + "<|end|>\n"
+        assert tok.decode(kept) == response + "<|end|>"  # up to the stop token generation ends on
         # the kept labels are one contiguous run that ends at the last real token
         pos = (labels != IGNORE_INDEX).nonzero().squeeze(1)
         assert pos.tolist() == list(range(pos[0].item(), pos[-1].item() + 1))

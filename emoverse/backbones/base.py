@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from torch import nn
+from transformers import GenerationMixin
 
 Part = Literal["vision", "projector", "language_model"]
 TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision")
@@ -63,33 +64,95 @@ class BackboneProcessor(ABC):
 
     # shared ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def messages(query: str, n_images: int, system_prompt: str | None = None,
+    generation_eos: tuple[int, ...] = ()
+    """Token ids the model's `generation_config.eos_token_id` declares (besides the tokenizer's eos)."""
+
+    def messages(self, query: str, n_images: int, system_prompt: str | None = None,
                  response: str | None = None) -> list[dict[str, Any]]:
-        """The conversation of one example: the frames first, then the query (the paper's [T_v; T_t])."""
+        """The conversation of one example: the frames first, then the query (the paper's [T_v; T_t]).
+
+        User content is a list of parts (it carries the image slots); system and assistant content take
+        the form the chat template reads, a list of text parts or a string (`content_form`)."""
         out: list[dict[str, Any]] = []
         if system_prompt:
-            out.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+            out.append({"role": "system", "content": self._content("system", system_prompt)})
         out.append({"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": query}]})
         if response is not None:
-            out.append({"role": "assistant", "content": [{"type": "text", "text": response}]})
+            out.append({"role": "assistant", "content": self._content("assistant", response)})
         return out
+
+    def content_form(self, role: Literal["system", "assistant"]) -> Literal["parts", "string"]:
+        """How the chat template reads `role`'s content: "parts" (`[{"type": "text", "text": ...}]`) where it
+        renders them, else "string" (templates that write `{{ message.content }}`, e.g. GLM-4.1V's).
+
+        Raises:
+            ValueError: the template renders the text of neither form.
+        """
+        forms = self.__dict__.setdefault("_content_forms", {})
+        if role not in forms:
+            forms[role] = self._probe_content_form(role)
+        return forms[role]
+
+    def _probe_content_form(self, role: str) -> Literal["parts", "string"]:
+        errors = []
+        for form in ("parts", "string"):
+            content: Any = [{"type": "text", "text": _SENTINEL}] if form == "parts" else _SENTINEL
+            convo = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
+            convo.insert(0 if role == "system" else 1, {"role": role, "content": content})
+            try:
+                text = self.render(convo, add_generation_prompt=False)
+            except Exception as err:  # a template that rejects the form (or the role) raises its own error
+                errors.append(f"{form}: {type(err).__name__}: {err}")
+                continue
+            if _SENTINEL in text:  # a list rendered as its Python repr escapes the sentinel's NUL bytes
+                return form  # type: ignore[return-value]
+            errors.append(f"{form}: the text is not in the rendering")
+        raise ValueError(f"the chat template renders the text of a {role} message neither as a list of text parts "
+                         f"nor as a string ({'; '.join(errors)}); it must write the {role} content")
+
+    def _content(self, role: Literal["system", "assistant"], text: str) -> Any:
+        return [{"type": "text", "text": text}] if self.content_form(role) == "parts" else text
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    @property
+    def eos_ids(self) -> list[int]:
+        """End-of-sequence ids: the tokenizer's and those of the model's `generation_config`."""
+        return sorted({self.tokenizer.eos_token_id, *self.generation_eos} - {None})
+
     @functools.cached_property
     def end_ids(self) -> list[int]:
-        """What the chat template writes after an assistant message (the end-of-turn marker, ...)."""
-        full = self.render(self.messages("q", 0, response=_SENTINEL), add_generation_prompt=False)
+        """The tokens trained after an answer, ending in the stop token that generation ends on.
+
+        What follows an assistant message (its end-of-turn marker, then the next turn) up to and including
+        the first end-of-sequence id (`eos_ids`), or else the first special token (an end-of-turn marker such
+        as GLM's `<|user|>`); where neither follows (a Vicuna-style template ends an answer with a space),
+        the assistant turn's own ending plus the eos token.
+        """
+        convo = self.messages("q", 0, response=_SENTINEL)
+        full = self.render(convo, add_generation_prompt=False)
         if _SENTINEL not in full:
             raise ValueError("the chat template must render the assistant message's content")
-        return self.tokenize(full.rpartition(_SENTINEL)[2])
+        turn_end = self.tokenize(full.rpartition(_SENTINEL)[2])
+        follow = self.render([*convo, {"role": "user", "content": [{"type": "text", "text": "q"}]}],
+                             add_generation_prompt=False)
+        after = self.tokenize(follow.rpartition(_SENTINEL)[2])
+        special = set(self.tokenizer.all_special_ids) | {i for i, t in self.tokenizer.added_tokens_decoder.items()
+                                                         if t.special}
+        for stops in (set(self.eos_ids), special):
+            hit = next((i for i, t in enumerate(after) if t in stops), None)
+            if hit is not None:
+                return after[:hit + 1]
+        if not self.eos_ids:
+            raise ValueError("the chat template writes no end-of-turn token after an answer and the tokenizer has no "
+                             "eos token: set tokenizer.eos_token or generation_config.eos_token_id")
+        return [*turn_end, self.eos_ids[0] if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id]
 
     @property
     def stop_ids(self) -> list[int]:
-        """Token ids that end a generated answer."""
-        return sorted({self.tokenizer.eos_token_id, *self.end_ids[:1]} - {None})
+        """Token ids that end a generated answer: the eos ids and the trained stop (`end_ids[-1]`)."""
+        return sorted({*self.eos_ids, self.end_ids[-1]})
 
     @property
     def pad_id(self) -> int:
@@ -130,28 +193,67 @@ class BackboneProcessor(ABC):
             raise PromptTooLong(worst, int(lengths[worst]), self.max_length)
         return {"inputs": inputs, "labels": labels}
 
+    def extend_for_response(self, per_token: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+        """Every per-token input of a left-padded prompt batch extended by `n` generated tokens, as generation
+        extends it (`generation_rule`: the model class's own update, e.g. PaliGemma's `token_type_ids` 1 for
+        generated text, Mllama's `cross_attention_mask` repeating the last prompt token's row).
+
+        Raises:
+            ValueError: a per-token input that generation does not extend.
+        """
+        rule = _blank(self.generation_rule)
+        kwargs = dict(per_token)
+        try:
+            for _ in range(n):  # one token at a time, as generation does (some rules add one row per call)
+                kwargs = rule._update_model_kwargs_for_generation({}, kwargs, is_encoder_decoder=False, num_new_tokens=1)
+        except Exception as err:
+            raise ValueError(f"{self.generation_rule.__name__}._update_model_kwargs_for_generation cannot extend "
+                             f"{sorted(per_token)} without a model ({type(err).__name__}: {err}); override "
+                             f"{type(self).__name__}.extend_for_response") from None
+        width = next(iter(per_token.values())).shape[1] + n
+        stale = sorted(k for k in per_token if kwargs[k].shape[1] != width)
+        if stale:
+            raise ValueError(f"processor outputs {stale} have one entry per prompt token, but "
+                             f"{self.generation_rule.__name__}'s generation does not extend them to the answer; "
+                             f"override {type(self).__name__}.extend_for_response to say how")
+        return {k: kwargs[k] for k in per_token}
+
+    generation_rule: type = GenerationMixin
+    """The class whose `_update_model_kwargs_for_generation` says how generation extends per-token inputs."""
+
     def _append_responses(self, inputs: dict[str, torch.Tensor], responses: list[list[int]]
                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Left-padded prompts + responses → right-padded rows `[prompt; response]` and their labels.
 
-        Every other per-token tensor the processor returned (e.g. `mm_token_type_ids`) follows the
-        same layout, with zeros on the response tokens (plain text).
+        Every per-token input (batch and sequence in its first two dimensions: `attention_mask`,
+        `token_type_ids`, Mllama's `[B, T, frames, tiles]` `cross_attention_mask`, ...) takes on the
+        response positions the values generation gives generated tokens (`extend_for_response`), so a
+        training forward sees the answer as inference produces it.
         """
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
-        per_token = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape == ids.shape}
+        per_token = {k: v for k, v in inputs.items() if k != "input_ids" and isinstance(v, torch.Tensor)
+                     and v.dim() >= 2 and v.shape[:2] == ids.shape}
+        longest = max(len(r) for r in responses)
+        extended = self.extend_for_response(per_token, longest)
         lengths = [int(m.sum()) + len(r) for m, r in zip(mask, responses, strict=True)]
-        width = max(lengths)
-        out = {k: torch.zeros((len(ids), width), dtype=v.dtype) for k, v in per_token.items()}
-        out["input_ids"].fill_(self.pad_id)
+        width, prompt_width = max(lengths), ids.shape[1]
+        out = {k: v.new_zeros((len(ids), width, *v.shape[2:])) for k, v in per_token.items()}
+        out["input_ids"] = torch.full((len(ids), width), self.pad_id, dtype=ids.dtype)
         labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
         for b, resp in enumerate(responses):
-            n = int(mask[b].sum())
+            n, r = int(mask[b].sum()), len(resp)
             for k, v in per_token.items():
                 out[k][b, :n] = v[b][mask[b]]
-            out["input_ids"][b, n:n + len(resp)] = torch.tensor(resp, dtype=ids.dtype)
-            out["attention_mask"][b, :n + len(resp)] = 1
-            labels[b, n:n + len(resp)] = torch.tensor(resp)
+                out[k][b, n:n + r] = extended[k][b, prompt_width:prompt_width + r]
+            out["input_ids"][b, :n] = ids[b][mask[b]]
+            out["input_ids"][b, n:n + r] = torch.tensor(resp, dtype=ids.dtype)
+            labels[b, n:n + r] = torch.tensor(resp)
         return {**inputs, **out}, labels
+
+
+def _blank(cls: type) -> Any:
+    """An instance of `cls` without `__init__` (no weights): generation's update rules read no state."""
+    return object.__new__(cls)
 
 
 class Backbone(nn.Module, ABC):
@@ -173,9 +275,10 @@ class Backbone(nn.Module, ABC):
     processor: BackboneProcessor
 
     @abstractmethod
-    def part_paths(self) -> dict[Part, str]:
+    def part_paths(self) -> dict[Part, str | tuple[str, ...]]:
         """Module paths, inside the unwrapped `model`, of "vision", "projector" and "language_model"
-        (the decoder stack without the output head)."""
+        (the decoder stack without the output head). A part made of several modules (Qwen3-VL's projector:
+        `visual.merger` and `visual.deepstack_merger_list`) is a tuple of paths."""
 
     def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
         """Logits `[B, len(keep), vocab]` at sequence positions `keep` (the positions predicting a
@@ -209,27 +312,38 @@ class Backbone(nn.Module, ABC):
         return get_base() if callable(get_base) else self.model
 
     def part(self, name: Part) -> nn.Module:
+        """The module at `part_paths()[name]`; a `PartGroup` of them where the part has several paths."""
         paths = self.part_paths()
         if name not in paths:
             raise ValueError(f"unknown backbone part {name!r}; expected one of {list(paths)}")
-        return self.core.get_submodule(paths[name])
+        path = paths[name]
+        if isinstance(path, str):
+            return self.core.get_submodule(path)
+        return PartGroup([self.core.get_submodule(p) for p in path])
 
     def lora_target_modules(self, names: Sequence[str] | None = None) -> str:
-        """A peft `target_modules` regex: the language model's linear layers (or those whose last name
-        is in `names`), matched by full path so no adapter lands in the vision tower.
+        """A peft `target_modules` regex over full module paths: by default the plain linear layers of the
+        language model's decoder blocks' attention and MLP (`lora_candidates`); with `names`, the plain linear
+        layers of the decoder blocks whose last name is in `names`. Nothing outside the decoder blocks (the
+        vision tower, the head, MoE routers) gets an adapter.
 
         Raises:
-            ValueError: some of `names` match no linear layer of the language model.
+            ValueError: some of `names` match no linear layer of the language model's decoder blocks.
         """
         prefix = self.part_paths()["language_model"]
-        linears = {n.rsplit(".", 1)[-1] for n, m in self.part("language_model").named_modules()
-                   if isinstance(m, nn.Linear) and n}
-        wanted = set(names) if names else linears
-        missing = sorted(wanted - linears)
-        if missing:
-            raise ValueError(f"LoRA targets {missing} match no linear layer of the language model "
-                             f"({prefix}); its linear layers are {sorted(linears)}")
-        return rf"{re.escape(prefix)}\..*\.({'|'.join(sorted(wanted))})"
+        if not isinstance(prefix, str):
+            raise ValueError(f"{type(self).__name__}: the language model must be one module, not {prefix}")
+        default, every = lora_candidates(self.part("language_model"))
+        if names:
+            last = {p.rsplit(".", 1)[-1] for p in every}
+            missing = sorted(set(names) - last)
+            if missing:
+                raise ValueError(f"LoRA targets {missing} match no linear layer of the language model "
+                                 f"({prefix}); its linear layers are {sorted(last)}")
+            chosen = [p for p in every if p.rsplit(".", 1)[-1] in set(names)]
+        else:
+            chosen = default
+        return "(?:" + "|".join(re.escape(f"{prefix}.{p}") for p in chosen) + ")"
 
     def add_lora(self, r: int, alpha: int, dropout: float, targets: Sequence[str] | None = None,
                  gradient_checkpointing: bool = False) -> None:
@@ -317,3 +431,54 @@ def _keep_cpu_4bit_layout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+class PartGroup(nn.ModuleList):
+    """A backbone part made of several modules (a view: the modules stay where the model holds them)."""
+
+
+def _plain_linear(module: nn.Module) -> bool:
+    # torch's Linear or a quantized/adapter one (bitsandbytes, peft); a model's own subclass is something
+    # else that merely stores a matrix, e.g. Llama 4's MoE router, which returns a tuple
+    return isinstance(module, nn.Linear) and (type(module) is nn.Linear
+                                              or not type(module).__module__.startswith("transformers."))
+
+
+def decoder_blocks(language_model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The language model's stack of decoder blocks: its `ModuleList` child (the one holding the most weights).
+
+    Raises:
+        ValueError: the language model has no `ModuleList` child.
+    """
+    lists = [(n, m) for n, m in language_model.named_children() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(language_model).__name__} has no ModuleList of decoder blocks; pass lora_targets "
+                         "(the last names of the linear layers to adapt)")
+    return max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+
+
+def lora_candidates(language_model: nn.Module) -> tuple[list[str], list[str]]:
+    """The default LoRA targets of a decoder stack and every plain linear layer of its blocks (paths relative
+    to `language_model`).
+
+    The default: the plain linear layers of each block's attention and MLP. Where the config declares them
+    (transformers' tensor-parallel plan, `base_model_tp_plan`, names a block's attention and MLP projections
+    by path: `layers.*.self_attn.q_proj`, ...), those; else every plain linear layer inside a block's child
+    modules that sits in no `ModuleList` (the experts of a mixture, indexed stacks) and is not a direct child
+    of the block (Gemma 3n's per-layer gates).
+    """
+    stack, blocks = decoder_blocks(language_model)
+    every, structural = [], []
+    for i, block in enumerate(blocks):
+        lists = {n for n, m in block.named_modules() if isinstance(m, nn.ModuleList)}
+        for name, module in block.named_modules():
+            if not name or not _plain_linear(module):
+                continue
+            every.append(f"{stack}.{i}.{name}")
+            inside_list = any(name.startswith(f"{ln}.") for ln in lists)
+            if "." in name and not inside_list:
+                structural.append(f"{stack}.{i}.{name}")
+    config = getattr(language_model, "config", None)
+    plan = getattr(config, "base_model_tp_plan", None) or {}
+    declared = [p for p in every if any(re.fullmatch(re.escape(k).replace(r"\*", r"\d+"), p) for k in plan)]
+    return (declared or structural), every

@@ -1,4 +1,5 @@
-"""`HFVisionLanguageBackbone`: any vision-language model `transformers.AutoModelForImageTextToText` loads.
+"""`HFVisionLanguageBackbone`: a multimodal LM `transformers.AutoModelForMultimodalLM` loads (the image-text-to-text
+models plus the audio-capable ones), trained on frames and text.
 
 The model's own processor and chat template build its inputs (image wrappers such as InternVL's
 `<img>…</img>`, per-image token counts that vary with the image size, Qwen2-VL's `image_grid_thw`),
@@ -9,13 +10,15 @@ LoRA on the language model, and which parts train.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor, PreTrainedModel
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part
 from emoverse.backbones.quantization import Quantization, quantization_config
@@ -28,12 +31,23 @@ class HFProcessor(BackboneProcessor):
         processor: the model's processor (tokenizer + image processor + chat template).
         max_length: the context length.
         images_kwargs: extra arguments for its image processor, e.g. `{"crop_to_patches": False}`.
+        model: the model the inputs are for: `encode` keeps only the inputs its `forward` names (not `labels`,
+            the loss is the contract's), the stop tokens include its `generation_config.eos_token_id`, and
+            per-token inputs are extended to the response by its generation rule. Only its class and
+            generation config are kept (the processor goes to data workers without the weights).
     """
 
-    def __init__(self, processor: Any, max_length: int, images_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, processor: Any, max_length: int, images_kwargs: dict[str, Any] | None = None,
+                 model: PreTrainedModel | None = None) -> None:
         self.processor, self.max_length = processor, max_length
         self.tokenizer = processor.tokenizer
         self.images_kwargs = dict(images_kwargs or {})
+        self.input_names: frozenset[str] | None = None
+        if model is not None:
+            self.generation_rule = type(model)
+            self.input_names = forward_inputs(model)
+            eos = model.generation_config.eos_token_id
+            self.generation_eos = tuple(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if getattr(processor, "chat_template", None) is None:
@@ -48,12 +62,26 @@ class HFProcessor(BackboneProcessor):
                                   "add_special_tokens": False, **self.images_kwargs}
         if any(images):
             kwargs["images"] = images
-        return dict(self.processor(**kwargs))
+        out = dict(self.processor(**kwargs))
+        if self.input_names is None:
+            return out
+        unused = sorted(set(out) - self.input_names - {"labels"})
+        if unused:
+            warnings.warn(f"{type(self.processor).__name__} returns {unused}, which "
+                          f"{self.generation_rule.__name__}.forward does not take: dropped", stacklevel=2)
+        return {k: v for k, v in out.items() if k in self.input_names}
+
+
+def forward_inputs(model: nn.Module) -> frozenset[str]:
+    """The inputs a model's `forward` names, less those the contract owns (`labels`: emoverse computes the loss;
+    PaliGemma's processor returns labels and its forward would compute a loss of its own)."""
+    params = inspect.signature(type(model).forward).parameters.values()
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - {"self", "labels"}
 
 
 class HFVisionLanguageBackbone(Backbone):
-    """A transformers-native vision-language model (LLaVA, LLaVA-NeXT/OneVision, Qwen2-VL, Qwen2.5-VL,
-    InternVL, Idefics3/SmolVLM, ...) with its own processor.
+    """A transformers-native multimodal LM (`AutoModelForMultimodalLM`) with its own processor; the families
+    tested are listed in docs/backbones.md.
 
     Args:
         model: a local path or hub id given explicitly, or a loaded model.
@@ -63,7 +91,8 @@ class HFVisionLanguageBackbone(Backbone):
             model (QLoRA); the vision encoder and projector stay unquantized.
         trust_remote_code: explicit opt-in for checkpoints that ship their own code.
         max_length: context length; default: the text config's `max_position_embeddings`.
-        parts: module paths overriding the derived ones, e.g. `{"projector": "model.connector"}`.
+        parts: module paths overriding the derived ones, e.g. `{"projector": "model.connector"}`; a list of
+            paths for a part made of several modules.
         images_kwargs: extra image-processor arguments (see `HFProcessor`).
     """
 
@@ -75,7 +104,7 @@ class HFVisionLanguageBackbone(Backbone):
         quantization: Quantization | None = None,
         trust_remote_code: bool = False,
         max_length: int | None = None,
-        parts: dict[str, str] | None = None,
+        parts: dict[str, str | list[str]] | None = None,
         images_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -86,17 +115,24 @@ class HFVisionLanguageBackbone(Backbone):
         model.train()  # from_pretrained returns eval mode, which would silently switch dropout off
         self.model = model
         text_config = model.config.get_text_config()
-        self.processor = HFProcessor(processor, max_length or text_config.max_position_embeddings, images_kwargs)
-        self._paths = {**_derive_parts(model), **(parts or {})}
+        self.processor = HFProcessor(processor, max_length or text_config.max_position_embeddings, images_kwargs,
+                                     model)
+        given = {k: v if isinstance(v, str) else tuple(v) for k, v in (parts or {}).items()}
+        unknown = sorted(set(given) - {"vision", "projector", "language_model"})
+        if unknown:
+            raise ValueError(f"HFVisionLanguageBackbone: parts {unknown} unknown; expected vision, projector, "
+                             "language_model")
+        self._paths = {**derive_parts(model, given), **given}
         for name, path in self._paths.items():
-            try:
-                model.get_submodule(path)
-            except AttributeError:
-                raise ValueError(f"HFVisionLanguageBackbone: parts[{name!r}]={path!r} is not a module of "
-                                 f"{type(model).__name__}") from None
+            for one in (path,) if isinstance(path, str) else path:
+                try:
+                    model.get_submodule(one)
+                except AttributeError:
+                    raise ValueError(f"HFVisionLanguageBackbone: parts[{name!r}]={one!r} is not a module of "
+                                     f"{type(model).__name__}") from None
         self.set_trainable(["projector"])
 
-    def part_paths(self) -> dict[Part, str]:
+    def part_paths(self) -> dict[Part, str | tuple[str, ...]]:
         return dict(self._paths)  # type: ignore[arg-type]
 
     def save_pretrained(self, out_dir: str | Path) -> None:
@@ -117,13 +153,13 @@ def _load(path: str, dtype: str | None, quantization: Quantization | None,
             # precision; their paths come from a weightless (meta) instance of the same architecture
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             with torch.device("meta"):
-                paths = _derive_parts(AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code))
-            kwargs["quantization_config"] = quantization_config(
-                quantization, dtype, skip=[paths["vision"], paths["projector"], "lm_head"])
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+                paths = derive_parts(AutoModelForMultimodalLM.from_config(config, trust_remote_code=trust_remote_code))
+            skip = [p for part in ("vision", "projector") for p in _as_tuple(paths[part])]
+            kwargs["quantization_config"] = quantization_config(quantization, dtype, skip=[*skip, "lm_head"])
+        model = AutoModelForMultimodalLM.from_pretrained(path, **kwargs)
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):
-            raise ValueError(f"{path!r} is not a vision-language model AutoModelForImageTextToText can load "
+            raise ValueError(f"{path!r} is not a vision-language model AutoModelForMultimodalLM can load "
                              f"({err.args[0].splitlines()[0]}); for a text-only LLM use ComposedBackbone") from None
         raise
     except OSError as err:
@@ -133,17 +169,60 @@ def _load(path: str, dtype: str | None, quantization: Quantization | None,
     return model, processor
 
 
-def _derive_parts(model: PreTrainedModel) -> dict[str, str]:
-    """Vision encoder and language model as transformers names them (`get_encoder("image")`,
-    `get_decoder()`); the projector is the base model's remaining child with weights, or, where the
-    vision encoder ends in its own merger (Qwen2-VL), the encoder's last child."""
+def _as_tuple(path: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (path,) if isinstance(path, str) else tuple(path)
+
+
+PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "embed_vision", "merger",
+                   "deepstack_merger_list")
+"""The names transformers gives the modules that map vision features into the language model (as its own
+`get_encoder` looks the encoders up by a list of names): LLaVA-style `multi_modal_projector`, Idefics3's
+`connector`, Gemma 3n's `embed_vision`, the Qwen-VL / GLM-4V `merger` inside the vision encoder and
+Qwen3-VL's DeepStack mergers (which feed inner vision features into the first decoder layers)."""
+
+
+def derive_parts(model: PreTrainedModel, given: dict[str, Any] | None = None) -> dict[str, str | tuple[str, ...]]:
+    """Vision encoder and language model as transformers declares them (`get_encoder(modality="image")`,
+    `get_decoder()`), and the projector: the modules named in `PROJECTOR_NAMES` beside the vision encoder
+    (children of the same base model) or inside it (its own children). Parts in `given` are not derived.
+
+    Raises:
+        ValueError: a part cannot be derived; one line naming the candidates and the `parts=` to pass.
+    """
+    given = given or {}
+    cls = type(model).__name__
     names = {id(m): n for n, m in model.named_modules()}
     vision, language = model.get_encoder(modality="image"), model.get_decoder()
-    if vision is model or language is model:
-        raise ValueError(f"{type(model).__name__}: cannot find its vision encoder and language model; "
-                         "pass parts={'vision': ..., 'projector': ..., 'language_model': ...}")
-    base = model.get_submodule(names[id(vision)].rpartition(".")[0]) if "." in names[id(vision)] else model
-    others = [m for m in base.children() if m is not vision and m is not language
-              and not isinstance(m, nn.Embedding) and any(True for _ in m.parameters())]
-    projector = others[0] if len(others) == 1 else list(vision.children())[-1]
-    return {"vision": names[id(vision)], "projector": names[id(projector)], "language_model": names[id(language)]}
+    out: dict[str, str | tuple[str, ...]] = {}
+    missing = [p for p, m in (("vision", vision), ("language_model", language)) if m is model and p not in given]
+    if missing:
+        children = [n for n, _ in model.named_children()]
+        raise ValueError(f"{cls}: transformers declares no {' or '.join(missing)} (get_encoder(modality='image') / "
+                         f"get_decoder()); its children are {children}; pass parts={{{', '.join(repr(m) + ': ...' for m in missing)}}}")
+    if vision is not model:
+        out["vision"] = names[id(vision)]
+    if language is not model:
+        out["language_model"] = names[id(language)]
+    if "projector" in given:
+        return out
+    vision_path = given.get("vision", out.get("vision"))
+    vision = model.get_submodule(vision_path)
+    base_path = vision_path.rpartition(".")[0]
+    base = model.get_submodule(base_path) if base_path else model
+    language_path = given.get("language_model", out.get("language_model"))
+    beside = [(f"{base_path}.{n}" if base_path else n, m) for n, m in base.named_children()
+              if f"{base_path}.{n}".lstrip(".") not in (vision_path, language_path)]
+    inside = [(f"{vision_path}.{n}", m) for n, m in vision.named_children()]
+    found = tuple(p for p, m in beside + inside if p.rpartition(".")[2] in PROJECTOR_NAMES and _weights(m))
+    if not found:
+        candidates = [f"{p} ({_weights(m):,} parameters)" for p, m in beside + inside[-3:]
+                      if _weights(m) and not isinstance(m, nn.Embedding)]
+        raise ValueError(f"{cls}: no vision-to-language projector among the module names transformers uses "
+                         f"({', '.join(PROJECTOR_NAMES)}); candidates: {', '.join(candidates) or 'none'}; pass "
+                         f"parts={{'projector': '<module path>'}}")
+    out["projector"] = found[0] if len(found) == 1 else found
+    return out
+
+
+def _weights(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
