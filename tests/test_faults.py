@@ -342,6 +342,15 @@ def test_quiet_filters_only_the_listed_noise() -> None:
     assert [str(w.message) for w in caught] == ["The 'train_dataloader' does not have many workers"]
 
 
+def test_importing_the_module_prints_no_bitsandbytes_kernel_message() -> None:
+    # peft imports bitsandbytes, which logs a failed optional-kernel load on CPUs with AVX512-BF16
+    probe = "import emoverse.module, sys; print('bitsandbytes' in sys.modules)"
+    env = {**os.environ, "EMOVERSE_DEBUG": ""}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "gemm_4bit_forward" not in done.stderr and "kernels-community" not in done.stderr
+
+
 # run folders and checkpoints -------------------------------------------------------------------------
 
 
