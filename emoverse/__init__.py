@@ -7,6 +7,9 @@ import the whole training stack.
 from __future__ import annotations
 
 from emoverse._lazy import lazy_exports
+from emoverse._quiet import quiet_imports
+
+quiet_imports()  # before anything imports peft, which imports bitsandbytes (emoverse._quiet.IMPORT_LOGS)
 
 __version__ = "0.1.0"
 

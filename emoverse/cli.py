@@ -7,6 +7,7 @@ resumes from the newest checkpoint of the run's logger folder.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
 import importlib.util
@@ -20,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from emoverse._quiet import quiet_third_party
 from emoverse.checkpointing import TrainingInterrupted, claim_version, find_last_checkpoint
+from emoverse.cli_checks import check_world_size, config_error_line
 from emoverse.curriculum import Curriculum, MultiStageCurriculum, m2se_stages
 from emoverse.prediction import JSONLPredictionWriter
 
@@ -97,12 +99,21 @@ class EmoVerseCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer", {})
+        check_world_size(trainer.get("num_nodes", 1), trainer.get("devices", "auto"))
         root = _logger_root(config)
+        claimed = None
         if root is not None and config.trainer.logger.init_args.get("version") is None:
             # claimed now, before the Trainer exists: a run started at the same time gets the next one
             # (here rather than in before_instantiate_classes, so parsing alone never creates a folder)
             config.trainer.logger.init_args.version = claim_version(root)
-        super().instantiate_classes()
+            claimed = root / f"version_{config.trainer.logger.init_args.version}"
+        try:
+            super().instantiate_classes()
+        except BaseException:
+            if claimed is not None and claimed.is_dir() and not any(claimed.iterdir()):
+                claimed.rmdir()  # a refused start (unknown backbone, bad value) leaves no empty version_N
+            raise
 
 
 def _derive_epochs(config: Any) -> None:
@@ -188,9 +199,16 @@ def main(argv: list[str] | None = None) -> int:
 
         if argv is None:  # LightningCLI reads sys.argv (it warns when given both)
             sys.argv[1:] = words
+        # exit_on_error=False: a wrong key raises, and is named in one line below instead of after the usage
         EmoVerseCLI(EmoVerseModule, AMTDataModule, args=None if argv is None else words,
-                    save_config_kwargs={"overwrite": True}, **cli_kwargs())
+                    save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False}, **cli_kwargs())
         return 0
+    except argparse.ArgumentError as err:
+        if debug:
+            raise
+        print(f"emoverse {command}: {config_error_line(str(err))}\n  (emoverse {command} --help lists the options; "
+              "--debug shows the parser's whole message)", file=sys.stderr)
+        return 2
     except TrainingInterrupted as stop:
         print(f"emoverse {command}: {stop}", file=sys.stderr)
         return stop.exit_code

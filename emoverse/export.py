@@ -2,23 +2,29 @@
 
 Two exports: `export_trained` writes what a downstream user needs next to the base backbone; `export_merged`
 (`emoverse export CKPT OUT`) writes a folder `transformers` loads with `from_pretrained`: the VLM's
-own class for HF backbones, the causal LM plus projector and vision weights for composed ones.
-Lightning `.ckpt` files remain the way to resume training (they also hold optimizer and
-curriculum state).
+own class for HF backbones, the causal LM plus projector and vision weights for composed ones, with
+`composed.json` naming the timm encoder, its arguments and the projector, so `load_composed(folder)`
+rebuilds the whole model from the folder alone. Lightning `.ckpt` files remain the way to resume
+training (they also hold optimizer and curriculum state); they are read with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 
 if TYPE_CHECKING:
+    from emoverse.backbones import ComposedBackbone
     from emoverse.module import EmoVerseModule
 
 PROJECTOR_FILE = "projector.safetensors"
+VISION_FILE = "vision.safetensors"
+COMPOSED_CONFIG = "composed.json"
+COMPOSED_FORMAT = "emoverse-composed/1"
 ADAPTER_DIR = "lora"
 
 
@@ -52,10 +58,72 @@ def export_merged(module: EmoVerseModule, out_dir: str | Path) -> Path:
 
     The module's backbone is merged in place: export from a module you no longer train.
     """
+    from emoverse.backbones import ComposedBackbone
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     module.backbone.save_pretrained(out)
+    if isinstance(module.backbone, ComposedBackbone):
+        (out / COMPOSED_CONFIG).write_text(json.dumps(composed_config(module.backbone), indent=2) + "\n")
     return out
+
+
+def composed_config(backbone: ComposedBackbone) -> dict[str, Any]:
+    """What `composed.json` holds: the timm encoder (name and `create_model` arguments), the projector
+    and the token layout, beside the LLM folder and the two safetensors files."""
+    args = backbone.build_args
+    vision = backbone.part("vision")
+    name = args["vision"] or (getattr(vision, "pretrained_cfg", None) or {}).get("architecture")
+    projector = backbone.part("projector")
+    last = projector if not hasattr(projector, "__getitem__") else projector[-1]
+    first = projector if not hasattr(projector, "__getitem__") else projector[0]
+    proc = backbone.processor
+    cfg = getattr(vision, "pretrained_cfg", None) or {}
+    return {
+        "format": COMPOSED_FORMAT,
+        "llm": ".",  # AutoModelForCausalLM / AutoTokenizer folder: this one
+        "vision": {"file": VISION_FILE, "timm_model": name,
+                   # None: the backbone was given a timm model object, whose arguments timm does not keep
+                   "timm_kwargs": args["vision_kwargs"] if args["vision"] else None,
+                   "image_size": proc.image_size, "mean": list(cfg.get("mean", (0.5, 0.5, 0.5))),
+                   "std": list(cfg.get("std", (0.5, 0.5, 0.5)))},
+        "projector": {"file": PROJECTOR_FILE, "kind": args["projector"], "in_dim": first.in_features,
+                      "out_dim": last.out_features},
+        "pool": args["pool"], "image_token": proc.image_token, "tokens_per_image": proc.tokens_per_image,
+    }
+
+
+def load_composed(folder: str | Path) -> ComposedBackbone:
+    """Rebuild a composed backbone from an `export_merged` folder alone (timm, transformers, safetensors).
+
+    Raises:
+        FileNotFoundError: `composed.json` or a weights file is missing.
+        ValueError: the config does not name the timm model's arguments (exported from a model object).
+    """
+    import timm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emoverse.backbones import ComposedBackbone
+
+    src = Path(folder)
+    config_path = src / COMPOSED_CONFIG
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} is missing; expected a composed export written by emoverse export")
+    config = json.loads(config_path.read_text())
+    if config.get("format") != COMPOSED_FORMAT:
+        raise ValueError(f"{config_path}: format={config.get('format')!r}; expected {COMPOSED_FORMAT!r}")
+    vision_cfg = config["vision"]
+    if vision_cfg["timm_kwargs"] is None:
+        raise ValueError(f"{config_path}: vision.timm_kwargs is null (the backbone was built from a timm model "
+                         f"object); rebuild {vision_cfg['timm_model']!r} with its arguments and load "
+                         f"{src / vision_cfg['file']} into it")
+    vision = timm.create_model(vision_cfg["timm_model"], pretrained=False, num_classes=0, **vision_cfg["timm_kwargs"])
+    vision.load_state_dict(load_file(str(src / vision_cfg["file"])))
+    llm = AutoModelForCausalLM.from_pretrained(src / config["llm"])
+    tokenizer = AutoTokenizer.from_pretrained(src / config["llm"])
+    backbone = ComposedBackbone(vision, llm, tokenizer, projector=config["projector"]["kind"], pool=config["pool"])
+    backbone.part("projector").load_state_dict(load_file(str(src / config["projector"]["file"])))
+    return backbone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"emoverse export: {args.ckpt} is not a file; expected a .ckpt written by emoverse fit")
     from emoverse.module import EmoVerseModule
 
-    module = EmoVerseModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint from emoverse fit holds tensors and plain containers only (the RNG
+    # state is stored as tensors); one that needs more is refused by torch, naming the global
+    module = EmoVerseModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True)
     print(f"emoverse export: wrote {export_merged(module, args.out)}")
     return 0

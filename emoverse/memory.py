@@ -24,8 +24,12 @@ Assumptions (each is a field with a default, so a user can change it):
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
+
+from emoverse.backbones import internvl2_arch as internvl2
 
 GB = 1e9
 Method = Literal["lora", "qlora", "full"]
@@ -33,7 +37,8 @@ Method = Literal["lora", "qlora", "full"]
 
 @dataclass(frozen=True)
 class VisionShape:
-    """A ViT encoder. Fields as in the model's `config.json` (`vision_config`)."""
+    """A ViT encoder laid out as InternViT: biased q/k/v/o and MLP, two LayerNorms and two layer-scale
+    vectors per block, a biased patch embedding, a class token and absolute position embeddings."""
 
     layers: int
     hidden: int
@@ -41,16 +46,29 @@ class VisionShape:
     image_size: int
     patch_size: int
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> VisionShape:
+        """The shape of a transformers `InternVLVisionConfig`'s keyword arguments."""
+        return cls(layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+                   intermediate=config["intermediate_size"], image_size=_side(config["image_size"]),
+                   patch_size=_side(config["patch_size"]))
+
     @property
     def params(self) -> int:
-        per_layer = 4 * self.hidden * self.hidden + 2 * self.hidden * self.intermediate
-        patch = 3 * self.patch_size**2 * self.hidden
-        return self.layers * per_layer + patch + (self.tokens + 1) * self.hidden
+        h, i = self.hidden, self.intermediate
+        # q/k/v/o with bias, fc1/fc2 with bias, 2 LayerNorms (weight + bias), 2 layer-scale vectors
+        per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h + 2 * h
+        patch = 3 * self.patch_size**2 * h + h
+        return self.layers * per_layer + patch + (self.tokens + 2) * h  # + class token and positions
 
     @property
     def tokens(self) -> int:
         """Patch tokens per image (before any pooling or pixel shuffle)."""
         return (self.image_size // self.patch_size) ** 2
+
+
+def _side(size: int | Sequence[int]) -> int:
+    return size if isinstance(size, int) else size[0]
 
 
 @dataclass(frozen=True)
@@ -64,9 +82,20 @@ class LLMShape:
     kv_heads: int
     vocab: int
     tied_embeddings: bool = False
-    layout: Literal["llama", "phi3", "internlm2"] = "llama"
+    layout: Literal["llama", "phi3"] = "llama"
     """How the block's linear layers are split: Llama q/k/v/o + gate/up/down; Phi-3 fuses
-    `qkv_proj` and `gate_up_proj`; InternLM2 fuses `wqkv` and keeps `w1`/`w3`/`w2`."""
+    `qkv_proj` and `gate_up_proj`. (InternLM2's fused `wqkv` does not occur: `internvl2_convert`
+    splits it, so the 8B model trains as Llama.)"""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LLMShape:
+        """The shape of a transformers text configuration's keyword arguments (Llama or Phi-3)."""
+        if config["model_type"] not in ("llama", "phi3"):
+            raise ValueError(f"model_type={config['model_type']!r}: expected 'llama' or 'phi3'")
+        return cls(layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+                   intermediate=config["intermediate_size"], heads=config["num_attention_heads"],
+                   kv_heads=config["num_key_value_heads"], vocab=config["vocab_size"],
+                   tied_embeddings=config.get("tie_word_embeddings", False), layout=config["model_type"])
 
     @property
     def kv_dim(self) -> int:
@@ -76,7 +105,7 @@ class LLMShape:
     def linear_shapes(self) -> list[tuple[int, int]]:
         """(in, out) of each linear layer of one decoder block (each gets a LoRA adapter)."""
         h, i, kv = self.hidden, self.intermediate, self.kv_dim
-        attention = [(h, h + 2 * kv), (h, h)] if self.layout in ("phi3", "internlm2") else [(h, h), (h, kv), (h, kv), (h, h)]
+        attention = [(h, h + 2 * kv), (h, h)] if self.layout == "phi3" else [(h, h), (h, kv), (h, kv), (h, h)]
         mlp = [(h, 2 * i), (i, h)] if self.layout == "phi3" else [(h, i), (h, i), (i, h)]
         return attention + mlp
 
@@ -127,7 +156,7 @@ class TrainSettings:
     """
 
     method: Method = "lora"
-    batch_size: int = 4
+    batch_size: int = 1
     frames: int = 4
     text_tokens: int = 256
     response_tokens: int = 64
@@ -249,38 +278,36 @@ def estimate(arch: Architecture, settings: TrainSettings) -> MemoryEstimate:
                           sequence_tokens=tokens, notes=notes)
 
 
-# The paper's two models. Numbers from the models' config.json on the Hugging Face hub:
-#   InternViT-300M-448px (OpenGVLab/InternViT-300M-448px, the vision_config of InternVL2-4B and -8B):
-#     24 layers, hidden 1024, intermediate 4096, image 448, patch 14 -> 1024 patches, 256 tokens per
-#     448 px tile after InternVL2's 0.5 pixel shuffle (num_image_token = 256).
-#   InternVL2 projector `mlp1`: LayerNorm(4096) -> Linear(4096, llm_hidden) -> GELU -> Linear(llm_hidden,
-#     llm_hidden), 4096 = 1024 x 4 after the pixel shuffle (OpenGVLab/InternVL2-4B modeling_internvl_chat.py).
-#   Phi-3-mini-4k-instruct (microsoft/Phi-3-mini-4k-instruct): 32 layers, hidden 3072, intermediate 8192,
-#     32 heads, 32 KV heads, vocab 32064, untied embeddings; fused qkv_proj and gate_up_proj.
-#   InternLM2.5-7B-chat (internlm/internlm2_5-7b-chat): 32 layers, hidden 4096, intermediate 14336,
-#     32 heads, 8 KV heads, vocab 92544, untied embeddings; fused wqkv, separate w1/w3/w2.
-INTERN_VIT_300M = VisionShape(layers=24, hidden=1024, intermediate=4096, image_size=448, patch_size=14)
+# The paper's two models, from the numbers the `emoverse_4b` / `emoverse_8b` presets build
+# (emoverse/backbones/internvl2_arch.py, copied from the released InternVL2 config.json files):
+#   InternViT-300M-448px: 24 layers, hidden 1024, intermediate 4096, image 448, patch 14 -> 1024 patches,
+#     256 tokens per 448 px tile after InternVL2's 0.5 pixel shuffle.
+#   InternVL2's projector `mlp1`: LayerNorm(4096) -> Linear(4096, llm_hidden) -> GELU -> Linear(llm_hidden,
+#     llm_hidden), 4096 = 1024 x 4 after the pixel shuffle.
+#   InternVL2-4B's Phi-3-mini-128k-instruct (vocabulary 32,020; fused qkv_proj and gate_up_proj) and
+#   InternVL2-8B's InternLM2.5-7B-chat as Llama (vocabulary 92,553; wqkv split into q/k/v by the converter).
+INTERN_VIT_300M = VisionShape.from_config(internvl2.INTERN_VIT_300M)
 
 
-def _mlp1(llm_hidden: int) -> int:
-    return 2 * 4096 + 4096 * llm_hidden + llm_hidden + llm_hidden * llm_hidden + llm_hidden
+def _mlp1(vision_hidden: int, llm_hidden: int) -> int:
+    width = int(vision_hidden / internvl2.DOWNSAMPLE_RATIO**2)  # pixel shuffle stacks 4 patches' channels
+    return 2 * width + width * llm_hidden + llm_hidden + llm_hidden * llm_hidden + llm_hidden
 
 
-EMOVERSE_4B = Architecture(
-    name="emoverse_4b", vision=INTERN_VIT_300M, projector_params=_mlp1(3072),
-    llm=LLMShape(layers=32, hidden=3072, intermediate=8192, heads=32, kv_heads=32, vocab=32064, layout="phi3"),
-    visual_tokens_per_frame=256, source="InternVL2-4B: InternViT-300M-448px + mlp1 + Phi-3-mini-4k-instruct",
-)
-EMOVERSE_8B = Architecture(
-    name="emoverse_8b", vision=INTERN_VIT_300M, projector_params=_mlp1(4096),
-    llm=LLMShape(layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=92544, layout="internlm2"),
-    visual_tokens_per_frame=256, source="InternVL2-8B: InternViT-300M-448px + mlp1 + InternLM2.5-7B-chat",
-)
+def _internvl2(name: str, source: str) -> Architecture:
+    llm = LLMShape.from_config(internvl2.TEXT_CONFIGS[name])
+    return Architecture(name=name, vision=INTERN_VIT_300M, projector_params=_mlp1(INTERN_VIT_300M.hidden, llm.hidden),
+                        llm=llm, visual_tokens_per_frame=internvl2.TOKENS_PER_TILE, source=source)
+
+
+EMOVERSE_4B = _internvl2("emoverse_4b", "InternVL2-4B: InternViT-300M-448px + mlp1 + Phi-3-mini-128k-instruct")
+EMOVERSE_8B = _internvl2("emoverse_8b", "InternVL2-8B: InternViT-300M-448px + mlp1 + InternLM2.5-7B-chat")
 PRESETS = {a.name: a for a in (EMOVERSE_4B, EMOVERSE_8B)}
 
-# The paper's settings per model (examples/configs/m2se_{4b,8b}.yaml): 4 frames per clip at 448 px,
-# LoRA r=8, batch 4 per GPU for 4B (2x RTX 3090) and 2 for 8B (one A100), bf16.
-PAPER_SETTINGS = {"emoverse_4b": TrainSettings(batch_size=4), "emoverse_8b": TrainSettings(batch_size=2)}
+# The paper's settings per model, as examples/configs/m2se_{4b,8b}.yaml set them (the released scripts):
+# data.batch_size 1 (accumulation 8 adds no memory), 4 frames per clip, one 448 px tile (256 visual
+# tokens) per frame, LoRA r=8 with dropout 0.05, bf16.
+PAPER_SETTINGS = {"emoverse_4b": TrainSettings(batch_size=1), "emoverse_8b": TrainSettings(batch_size=1)}
 
 
 def paper_table(budget_gb: float = 24.0) -> list[dict[str, object]]:
@@ -296,3 +323,58 @@ def paper_table(budget_gb: float = 24.0) -> list[dict[str, object]]:
                              "trainable_params": est.trainable_params, **est.as_gb(),
                              f"fits_{budget_gb:g}gb": est.total <= budget_gb * GB})
     return rows
+
+
+_MODEL_NAMES = {"emoverse_4b": "EmoVerse-4B", "emoverse_8b": "EmoVerse-8B"}
+_METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
+
+
+def markdown_table(batch_size: int | None = None, budget_gb: float = 24.0) -> str:
+    """The memory table of docs/scaling.md: `paper_table` as Markdown (GB = 10⁹ bytes).
+
+    Args:
+        batch_size: samples per device; None keeps `PAPER_SETTINGS` (the m2se YAMLs' batch 1).
+    """
+    lines = [f"| model | method | checkpointing | batch | weights | grads + AdamW | activations | total | ≤ {budget_gb:g} GB |",
+             "|---|---|---|---:|---:|---:|---:|---:|:-:|"]
+    for name, arch in PRESETS.items():
+        for method in ("lora", "qlora", "full"):
+            for ckpt in (False, True):
+                settings = replace(PAPER_SETTINGS[name], method=method, gradient_checkpointing=ckpt)
+                if batch_size is not None:
+                    settings = replace(settings, batch_size=batch_size)
+                est = estimate(arch, settings)
+                fits = "yes" if est.total <= budget_gb * GB else "no"
+                lines.append(f"| {_MODEL_NAMES[name]} | {_METHOD_NAMES[method]} | {'yes' if ckpt else 'no'} | "
+                             f"{settings.batch_size} | {est.parameters / GB:.2f} | "
+                             f"{(est.gradients + est.optimizer) / GB:.2f} | {est.activations / GB:.2f} | "
+                             f"{est.total / GB:.1f} | {fits} |")
+    return "\n".join(lines)
+
+
+def trained_parameters_line() -> str:
+    """The trained-parameter sentence of docs/scaling.md, from the estimator's counts (LoRA r=8)."""
+    parts = []
+    for name, arch in PRESETS.items():
+        lora = arch.llm.lora_params(PAPER_SETTINGS[name].lora_r)
+        parts.append(f"{_MODEL_NAMES[name]} {(lora + arch.projector_params) / 1e6:.1f} M (LoRA {lora / 1e6:.1f} M, "
+                     f"projector {arch.projector_params / 1e6:.1f} M)")
+    return "Trained parameters: " + "; ".join(parts) + "."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emoverse.memory", description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="store_true", help="print docs/scaling.md's memory table (Markdown)")
+    parser.add_argument("--batch-size", type=int, default=None, help="samples per device (default: the m2se YAMLs')")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(args.batch_size))
+        print()
+        print(trained_parameters_line())
+        return 0
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

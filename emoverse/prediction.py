@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,11 +36,12 @@ class JSONLPredictionWriter(BasePredictionWriter):
         out = rank_path(out, trainer)
         out.parent.mkdir(parents=True, exist_ok=True)
         self.written, self._partial = None, out.with_name(out.name + ".partial")
-        self._target = out
+        self._target, self._rows = out, 0
         self._file = self._partial.open("w", encoding="utf-8")
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        self._rows += len(prediction)
         for row in prediction:
             self._file.write(json.dumps({k: jsonable(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
 
@@ -49,6 +51,8 @@ class JSONLPredictionWriter(BasePredictionWriter):
             self._file = None
             os.replace(self._partial, self._target)
             self.written = self._target
+            # each rank writes (and names) its own file
+            print(f"emoverse predict: wrote {self._rows} answers to {self._target}", file=sys.stderr)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._file is not None:  # keep what was written, under the .partial name

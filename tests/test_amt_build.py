@@ -149,7 +149,7 @@ def test_counts_match_the_source_files(built) -> None:
                     "test": {"ecf": 4, "meld": 3, "mosei": 4}}
     # kept MELD records with an emotion and an OpenFace folder but no CSV lose their FER label, counted:
     # val dia1_utt1, test dia0_utt0 and dia0_utt2 (train has no OpenFace folder; dropped records are not counted)
-    assert manifest["labels_removed"] == {"no_face": 3}
+    assert manifest["labels_removed"] == {"no_openface": 3}  # no CSV at all: not the same as a CSV with no face
     assert manifest["table1"]["Total"] == 30
     assert manifest["table1"]["Facial Expression Recognition"] == len(OPENFACE)
     assert manifest["table1"]["Multimodal Sentiment Analysis"] == 12
@@ -325,3 +325,38 @@ def test_another_au_detector_stands_in_for_openface(built, tmp_path: Path) -> No
     record = records(tmp_path / "amt", "test")["meld_test_d0_u0"]  # surprise: no smile AU in its list
     assert _frame_index(record.frames[record.peak_frame]) == 1 * FPS
     assert record.labels.au_caption == NEUTRAL_CAPTION and manifest["labels_removed"] == {}
+
+
+class _FaceNeverTracked(_OneFaceAtOneSecond):
+    """OpenFace output whose every row failed tracking (success 0)."""
+
+    def extract(self, clip):
+        return super().extract(clip).assign(success=0)
+
+
+class _NoOutput(AUExtractor):
+    def extract(self, clip):
+        return None
+
+
+@pytest.mark.parametrize(("extractor", "reason"), [(_FaceNeverTracked(), "no_face"), (_NoOutput(), "no_openface")])
+def test_no_face_and_no_openface_output_are_two_reasons(built, tmp_path: Path, extractor: AUExtractor,
+                                                         reason: str) -> None:
+    _, config, _ = built
+    meld = {**config["meld"], "files": {"test": "test_sent_emo.csv"}, "openface": None}
+    manifest = build_amt(AMTBuildConfig(output=str(tmp_path / "amt"), meld=MELDSource(**meld), limit=1, num_frames=4,
+                                        frame_size=32, au_extractor=extractor), progress=False)
+    assert manifest["labels_removed"] == {reason: 1}
+    qc = [json.loads(line) for line in (tmp_path / "amt" / "qc.jsonl").read_text().splitlines()]
+    assert [q["reason"] for q in qc] == [reason] and qc[0]["id"] == "meld_test_d0_u0"
+
+
+def test_require_media_false_keeps_records_whose_video_is_missing_text_only(built, tmp_path: Path) -> None:
+    _, config, _ = built  # the val clip dia1_utt0 has no video file
+    meld = {**config["meld"], "files": {"val": "dev_sent_emo.csv"}, "openface": None}
+    manifest = build_amt(AMTBuildConfig(output=str(tmp_path / "amt"), meld=MELDSource(**meld), limit=LIMIT,
+                                        num_frames=4, frame_size=32, require_media=False), progress=False)
+    assert "missing_media" not in manifest["dropped"] and manifest["labels_removed"] == {"text_only": 1}
+    kept = records(tmp_path / "amt", "val")
+    assert len(kept) == LIMIT and kept["meld_val_d1_u0"].frames == []
+    assert all(r.frames for rid, r in kept.items() if rid != "meld_val_d1_u0")

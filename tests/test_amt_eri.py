@@ -59,7 +59,7 @@ def test_text_describer_and_reasoner_batch_and_cache(tiny_llm: Path, tmp_path: P
     assert ERIPipeline(config, tmp_path / "cache").reasons(records) == reasons
 
 
-def test_vlm_describer_sees_the_frames(tiny_llm: Path, tmp_path: Path) -> None:
+def test_vlm_describer_sees_the_frames(tiny_llm: Path, tmp_path: Path, monkeypatch) -> None:
     from emoverse.backbones import create_backbone
 
     backbone = create_backbone("tiny_internvl")
@@ -68,11 +68,40 @@ def test_vlm_describer_sees_the_frames(tiny_llm: Path, tmp_path: Path) -> None:
     backbone.processor.processor.save_pretrained(vlm)
     config = ERIConfig(describer=str(vlm), reasoner=str(tiny_llm), describer_kind="vlm", num_frames=2, batch_size=2,
                        max_new_tokens=4)
-    pipeline = ERIPipeline(config, tmp_path / "cache")
-    reasons = pipeline.reasons(_records(3))
-    assert len(reasons) == 2
+    records = _records(3)
+    for i, r in enumerate(records):  # each record its own frames: 3 colours, one per frame
+        r.frames = [_jpeg((40 * i + 60 * k, 30, 200 - 50 * k)) for k in range(3)]
+    seen: list[dict] = []  # what reaches the describer's generate
+    original = ERIPipeline._run
+
+    def spy(self, model, tokenizer, enc):
+        if hasattr(enc, "pixel_values") or "pixel_values" in enc:
+            real = model.generate
+            monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw) or real(**kw))
+        return original(self, model, tokenizer, enc)
+
+    monkeypatch.setattr(ERIPipeline, "_run", spy)
+    reasons = ERIPipeline(config, tmp_path / "cache").reasons(records)
+    assert len(reasons) == 2  # the neutral record gets none
+    assert len(seen) == 1, "the describer's generate got no pixel_values"
+    pixels, ids = seen[0]["pixel_values"], seen[0]["input_ids"]
+    processor = backbone.processor.processor
+    # 2 wanted records x 2 frames (first and middle of 3), in order: exactly the records' frames
+    frames = [Image.open(io.BytesIO(records[i].frames[k])).convert("RGB") for i in (0, 2) for k in (0, 1)]
+    expected = processor.image_processor(images=frames, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels.float(), expected.float())
+    assert not torch.equal(pixels[0], pixels[2])  # different records, different images
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    per_row = (ids == image_id).sum(dim=1)
+    assert per_row.tolist() == [pixels.shape[0] // 2 * processor.image_seq_length] * 2  # every frame has its slots
     description = json.loads((tmp_path / "cache" / "meld_train_d0_u0.json").read_text())["description"]
     assert isinstance(description, str)
+
+
+def _jpeg(colour: tuple[int, int, int]) -> bytes:
+    frame = io.BytesIO()
+    Image.new("RGB", (32, 32), colour).save(frame, format="JPEG")
+    return frame.getvalue()
 
 
 def test_bad_prompt_field_is_named() -> None:

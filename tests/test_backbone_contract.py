@@ -15,6 +15,7 @@ from torch import nn
 
 from emoverse.backbones import HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.base import lora_candidates
+from emoverse.data.collator import AMTCollator
 from tests.test_backbones import TINY, examples, with_lora
 
 PROJECTOR = {
@@ -66,7 +67,7 @@ def test_training_is_causal(name: str) -> None:
     """A later answer token does not move the logits of any earlier position (prompt included)."""
     bb = with_lora(name).eval()
     ex = [{**examples((1,))[0], "response": "Positive because the person says great news"}]
-    batch = bb.processor(ex, "train")
+    batch = AMTCollator(bb.processor, "train")(ex)
     inputs = dict(batch["inputs"])
     last = int((batch["labels"][0] != -100).nonzero().max())
     width = inputs["input_ids"].shape[1]
@@ -83,7 +84,7 @@ def test_training_is_causal(name: str) -> None:
 @pytest.mark.parametrize("name", TINY)
 def test_loss_equals_a_full_logit_reference(name: str) -> None:
     bb = with_lora(name).eval()
-    batch = bb.processor(examples(), "train")
+    batch = AMTCollator(bb.processor, "train")(examples())
     with torch.no_grad():
         got = bb.loss(batch)["loss"]
         full = bb.core(**bb.cast_inputs(batch["inputs"]), use_cache=False).logits
@@ -97,7 +98,7 @@ HF = [n for n in TINY if isinstance(create_backbone(n), HFVisionLanguageBackbone
 @pytest.mark.parametrize("name", HF)
 def test_only_inputs_forward_takes_reach_it(name: str) -> None:
     bb = create_backbone(name)
-    batch = bb.processor(examples(), "train")
+    batch = AMTCollator(bb.processor, "train")(examples())
     assert set(batch["inputs"]) <= bb.processor.input_names and "labels" not in batch["inputs"]
 
 
@@ -117,9 +118,9 @@ def test_paligemma_processor_labels_are_dropped_and_the_answer_is_causal_suffix(
 def test_paligemma_training_marks_the_answer_as_generation_does() -> None:
     bb = with_lora("tiny_paligemma").eval()
     ex = examples((1,))
-    prompt = bb.processor(ex, "generate")["inputs"]
+    prompt = AMTCollator(bb.processor, "generate")(ex)["inputs"]
     new = bb.generate_ids(prompt, 3)  # generation gives each new token token_type_ids 1
-    trained = bb.processor([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}], "train")["inputs"]
+    trained = AMTCollator(bb.processor, "train")([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}])["inputs"]
     n = prompt["input_ids"].shape[1]
     assert trained["token_type_ids"][0, n:n + 3].tolist() == [1, 1, 1]
 
@@ -232,13 +233,13 @@ def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path) -> No
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     module.eval()
-    batch = module.processor(examples((1, 2)), "generate")
+    batch = AMTCollator(module.processor, "generate")(examples((1, 2)))
     before = module.backbone.generate_ids(batch["inputs"], 5)
     images_kwargs = module.backbone.processor.images_kwargs
     export_merged(module, tmp_path)
     reloaded = HFVisionLanguageBackbone(str(tmp_path), images_kwargs=images_kwargs).eval()
     assert reloaded.processor.stop_ids == module.backbone.processor.stop_ids
-    assert torch.equal(reloaded.generate_ids(reloaded.processor(examples((1, 2)), "generate")["inputs"], 5), before)
+    assert torch.equal(reloaded.generate_ids(AMTCollator(reloaded.processor, "generate")(examples((1, 2)))["inputs"], 5), before)
 
 
 NEW_FAMILIES = ["tiny_qwen2_5_vl", "tiny_qwen3_vl", "tiny_qwen3_vl_moe", "tiny_gemma3", "tiny_paligemma", "tiny_mllama",
@@ -264,4 +265,4 @@ def test_family_fits_exports_and_reloads_through_the_cli(name: str, demo_amt, tm
     assert export_main([str(ckpt), str(tmp_path / "out")]) == 0
     reloaded = HFVisionLanguageBackbone(str(tmp_path / "out"),
                                         images_kwargs=create_backbone(name).processor.images_kwargs).eval()
-    assert len(reloaded.generate(reloaded.processor(examples((1,)), "generate"), [4])) == 1
+    assert len(reloaded.generate(AMTCollator(reloaded.processor, "generate")(examples((1,))), [4])) == 1

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from emoverse.backbones import create_backbone, list_backbones, registry
+from emoverse.data.collator import AMTCollator
 from tests.test_backbones import examples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def test_the_subclass_example_runs_as_written(fresh_registry: dict) -> None:
     bb = module.ConvBackbone(channels=16)
     bb.add_lora(4, 16, 0.0)
     bb.set_trainable(["projector", "lora"])
-    out = bb.loss(bb.processor(examples(), "train"))
+    out = bb.loss(AMTCollator(bb.processor, "train")(examples()))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and bb.part("projector").weight.grad is not None
     # the preset by name takes overrides of its defaults

@@ -74,6 +74,43 @@ def test_truncated_shard_names_the_file_or_is_skipped_with_a_count(tmp_path: Pat
         list(stream_records(tmp_path, "train"))
 
 
+def _cut_inside(shard: Path, member: str, where: str) -> None:
+    """Truncate `shard` inside `member`'s header or data, as a disk filling up mid-write leaves it."""
+    with tarfile.open(shard) as tar:
+        m = tar.getmember(member)
+    cut = m.offset + 100 if where == "header" else m.offset_data + m.size // 2
+    shard.write_bytes(shard.read_bytes()[:cut])
+
+
+@pytest.mark.parametrize(("member", "where"), [("r4.json", "data"), ("r4.f0.jpg", "data"), ("r4.f0.jpg", "header"),
+                                               ("r4.json", "header")])
+def test_a_shard_cut_mid_member_names_the_file_and_last_record(tmp_path: Path, member: str, where: str) -> None:
+    paths = shards(tmp_path)  # r3, r4, r5 in the second shard
+    _cut_inside(paths[1], member, where)
+    name = rf"{paths[1].name}: (not a readable tar shard|truncated tar shard) .*(at|after) member r[34]\."
+    with pytest.raises(CorruptShardError, match=name):
+        ShardIndex(tmp_path, "train")
+    for policy in ("error", "skip"):  # the stream must not deliver the cut shard's first part silently
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                ids = [r.id for r in stream_records(tmp_path, "train", on_corrupt=policy)]
+            except CorruptShardError as err:
+                assert policy == "error" and str(paths[1]) in str(err) and "truncated" in str(err)
+                continue
+        assert policy == "skip" and ids == ["r0", "r1", "r2"]
+        assert any(str(paths[1]) in str(w.message) for w in seen)
+
+
+def test_a_shard_cut_after_indexing_names_file_record_and_frame(tmp_path: Path) -> None:
+    paths = shards(tmp_path)
+    index = ShardIndex(tmp_path, "train")
+    _cut_inside(paths[0], "r2.f0.jpg", "data")
+    assert index.record(1).id == "r1"
+    with pytest.raises(CorruptShardError, match=rf"{paths[0].name} record r2 frame 0: .* bytes at offset .*truncated"):
+        index.record(2)
+
+
 def test_datamodule_on_corrupt_policy(tmp_path: Path, tiny_module: Any) -> None:
     from emoverse import AMTDataModule
 
@@ -303,6 +340,15 @@ def test_quiet_filters_only_the_listed_noise() -> None:
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)
         warnings.warn("The 'train_dataloader' does not have many workers", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["The 'train_dataloader' does not have many workers"]
+
+
+def test_importing_the_module_prints_no_bitsandbytes_kernel_message() -> None:
+    # peft imports bitsandbytes, which logs a failed optional-kernel load on CPUs with AVX512-BF16
+    probe = "import emoverse.module, sys; print('bitsandbytes' in sys.modules)"
+    env = {**os.environ, "EMOVERSE_DEBUG": ""}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "gemm_4bit_forward" not in done.stderr and "kernels-community" not in done.stderr
 
 
 # run folders and checkpoints -------------------------------------------------------------------------

@@ -39,8 +39,10 @@ def test_qlora_step_on_a_4bit_llm(tmp_path: Path, demo_amt: Path) -> None:
 
 
 def test_quickstart_on_gpu_in_bf16(tmp_path: Path, demo_amt: Path) -> None:
-    main(["fit", "--config", str(REPO / "examples" / "configs" / "quickstart.yaml"),
-          "--data.init_args.path", str(demo_amt), "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
-          "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-          "--trainer.logger.init_args.save_dir", str(tmp_path)])
-    assert next(tmp_path.glob("lightning_logs/version_*/checkpoints/*.ckpt"))
+    # --debug: an error propagates with its traceback instead of becoming exit status 1
+    status = main(["fit", "--debug", "--config", str(REPO / "examples" / "configs" / "quickstart.yaml"),
+                   "--data.init_args.path", str(demo_amt), "--trainer.accelerator", "gpu",
+                   "--trainer.precision", "bf16-mixed", "--trainer.limit_train_batches", "2",
+                   "--trainer.limit_val_batches", "1", "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    assert status == 0
+    assert list(tmp_path.glob("lightning_logs/version_*/checkpoints/*.ckpt")), "fit wrote no checkpoint"

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from emoverse.amt.eri import ERIConfig, ERIPipeline
 from emoverse.amt.facs import load_au_table
-from emoverse.amt.fer import AUExtractor, OpenFaceCSVs, fer_label
+from emoverse.amt.fer import AUExtractor, OpenFaceCSVs, fer_result
 from emoverse.amt.qc import QCLog, deduplicate
 from emoverse.amt.sources.base import LABEL_REMOVALS, Candidate, Rejected
 from emoverse.amt.sources.ecf import ECFSource
@@ -58,7 +58,8 @@ class AMTBuildConfig:
         num_frames: frames per clip, uniformly spaced (the peak frame is added to them).
         frame_size: frames are resized to this square size (448 for InternVL2's ViT).
         jpeg_quality: JPEG quality of the stored frames.
-        require_media: records whose source has no video folder are an error (True) or stored text-only (False).
+        require_media: True: every source needs its video folder and a record whose video file is missing is
+            dropped (`missing_media`); False: such records are kept text-only (`text_only` in qc.jsonl).
         shard_size: records per shard (at most).
         workers: shard-building processes (1 = in this process).
         au_table: "emfacs", "merr" or a JSON/YAML AU table (`emoverse.amt.facs.load_au_table`).
@@ -198,11 +199,15 @@ class ShardBuilder:
         if c.clip is None:
             return r
         if not c.clip.video.is_file():
-            log.drop(r.id, r.source, r.split, "missing_media", c.origin, str(c.clip.video))
-            return None
-        label, fer_used = None, c.clip.au_csv is not None or self.config.au_extractor is not None
+            if self.config.require_media:
+                log.drop(r.id, r.source, r.split, "missing_media", c.origin, str(c.clip.video))
+                return None
+            log.remove(r.id, r.source, r.split, "text_only", c.origin, str(c.clip.video))
+            return r  # the text-only build: kept for its text tasks, counted
+        label, no_label, fer_used = None, None, c.clip.au_csv is not None or self.config.au_extractor is not None
         if fer_used:
-            label = fer_label(c.clip, r.labels.emotion, self.extractor, self.table, self.config.min_confidence)
+            label, no_label = fer_result(c.clip, r.labels.emotion, self.extractor, self.table,
+                                         self.config.min_confidence)
         try:
             clip = read_clip(c.clip.video, self.config.num_frames, self.config.frame_size, c.clip.start, c.clip.end,
                              peak_time=label.time if label else None, quality=self.config.jpeg_quality)
@@ -210,7 +215,7 @@ class ShardBuilder:
             log.drop(r.id, r.source, r.split, "unreadable_media", c.origin, str(err))
             return None
         if fer_used and label is None and r.labels.emotion is not None:
-            log.remove(r.id, r.source, r.split, "no_face", c.origin, str(c.clip.au_csv or c.clip.video))
+            log.remove(r.id, r.source, r.split, no_label or "no_face", c.origin, str(c.clip.au_csv or c.clip.video))
         r.frames, r.peak_frame = clip.frames, clip.peak_frame
         if label is not None and label.caption is not None:
             r.labels.au_caption = label.caption

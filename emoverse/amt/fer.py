@@ -53,9 +53,17 @@ def fer_label(clip: Clip, emotion: str | None, extractor: AUExtractor, table: AU
     Raises:
         ValueError: the AU rows are malformed or lack a `timestamp` (the message names the CSV).
     """
+    return fer_result(clip, emotion, extractor, table, min_confidence)[0]
+
+
+def fer_result(clip: Clip, emotion: str | None, extractor: AUExtractor, table: AUTable,
+               min_confidence: float = 0.0) -> tuple[FERLabel | None, str | None]:
+    """`fer_label` and, when it is None, why: "no_openface" (the extractor has no output for the clip, e.g.
+    no CSV) or "no_face" (output whose every row failed tracking, is below `min_confidence` or is outside
+    the segment)."""
     rows = extractor.extract(clip)
     if rows is None:
-        return None
+        return None, "no_openface"
     where = str(clip.au_csv or clip.video)
     rows = check_openface_table(rows, where)
     if "timestamp" not in rows.columns:
@@ -63,6 +71,6 @@ def fer_label(clip: Clip, emotion: str | None, extractor: AUExtractor, table: AU
     try:
         peak = peak_of(rows, min_confidence, where, start=clip.start, end=clip.end)
     except ValueError:  # no usable row: every frame failed tracking or none is in the segment
-        return None
+        return None, "no_face"
     caption = au_caption(peak.active_aus, emotion, table) if emotion is not None else None
-    return FERLabel(peak=peak, time=float(peak.timestamp), caption=caption)
+    return FERLabel(peak=peak, time=float(peak.timestamp), caption=caption), None

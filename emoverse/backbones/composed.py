@@ -181,6 +181,8 @@ class ComposedBackbone(Backbone):
         max_length: int | None = None,
     ) -> None:
         super().__init__()
+        self._build_args = {"vision": vision if isinstance(vision, str) else None,
+                            "vision_kwargs": dict(vision_kwargs or {}), "projector": projector, "pool": pool}
         if isinstance(vision, str):
             vision = timm.create_model(vision, pretrained=vision_pretrained, num_classes=0, **(vision_kwargs or {}))
         if isinstance(llm, str):
@@ -222,6 +224,12 @@ class ComposedBackbone(Backbone):
 
     def part_paths(self) -> dict[Part, str]:
         return {"vision": "vision", "projector": "projector", "language_model": f"llm.{self._decoder}"}
+
+    @property
+    def build_args(self) -> dict[str, Any]:
+        """How the encoder and projector were made (a copy): timm name (None when given a model) and
+        `vision_kwargs`, projector kind, pool; an export records them so it can be rebuilt."""
+        return {**self._build_args, "vision_kwargs": dict(self._build_args["vision_kwargs"])}
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Write the language model with LoRA merged and its tokenizer (a folder `AutoModelForCausalLM`

@@ -6,9 +6,8 @@ through the transformers-native InternVL classes from a checkpoint folder conver
 configurations with random weights, on the `meta` device by default, so their architecture and
 parameter counts can be checked without a download (as timm's `create_model(pretrained=False)`).
 
-Architecture numbers are those of the released `config.json` files of OpenGVLab/InternVL2-4B
-(Phi-3-mini-128k-instruct, vocabulary 32,020) and OpenGVLab/InternVL2-8B (InternLM2.5-7B-chat,
-vocabulary 92,553, expressed as the Llama architecture it is equivalent to).
+The architecture numbers live in `emoverse.backbones.internvl2_arch`, which `emoverse.memory` reads
+too, so the memory estimate counts the model the presets build.
 """
 
 from __future__ import annotations
@@ -19,32 +18,22 @@ import torch
 import transformers as tf
 
 from emoverse.backbones.hf_vlm import HFVisionLanguageBackbone
+from emoverse.backbones.internvl2_arch import (
+    DOWNSAMPLE_RATIO,
+    IMAGE_CONTEXT_ID,
+    INTERN_VIT_300M,
+    TEXT_CONFIGS,
+    TOKENS_PER_TILE,
+)
 from emoverse.backbones.registry import register_backbone
 from emoverse.backbones.tiny import tiny_tokenizer
 from emoverse.backbones.tiny_hf import chat_template
-
-INTERN_VIT_300M = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                       image_size=[448, 448], patch_size=[14, 14], attention_bias=True, use_qk_norm=False,
-                       norm_type="layer_norm", use_absolute_position_embeddings=True)
-"""InternViT-300M-448px (qkv_bias true, no QK norm, layer scale)."""
-
-PHI3_MINI_128K = dict(model_type="phi3", vocab_size=32020, hidden_size=3072, intermediate_size=8192,
-                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                      max_position_embeddings=131072, original_max_position_embeddings=4096,
-                      tie_word_embeddings=False)
-INTERNLM2_5_7B = dict(model_type="llama", vocab_size=92553, hidden_size=4096, intermediate_size=14336,
-                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                      max_position_embeddings=32768, tie_word_embeddings=False)
-IMAGE_CONTEXT_ID = {"emoverse_4b": 32013, "emoverse_8b": 92546}
-"""`<IMG_CONTEXT>` in the released tokenizers."""
-
-TOKENS_PER_TILE = 256  # (448 / 14)² patches, pixel shuffle 0.5 → 256 visual tokens per 448×448 tile
 
 
 def internvl2_config(text: dict[str, Any], image_token_id: int) -> tf.InternVLConfig:
     """An InternVL2 configuration: InternViT-300M, pixel shuffle 0.5, MLP projector, `text` LLM."""
     return tf.InternVLConfig(vision_config=INTERN_VIT_300M, text_config=text, image_token_id=image_token_id,
-                             downsample_ratio=0.5, projector_hidden_act="gelu", vision_feature_layer=-1,
+                             downsample_ratio=DOWNSAMPLE_RATIO, projector_hidden_act="gelu", vision_feature_layer=-1,
                              vision_feature_select_strategy="default", tie_word_embeddings=False)
 
 
@@ -58,9 +47,20 @@ def _internvl2(name: str, text: dict[str, Any], pretrained: bool, path: str | No
                              "for random weights")
         kwargs.setdefault("dtype", "bfloat16")
         return HFVisionLanguageBackbone(path, **kwargs)
+    # these act only while loading a checkpoint: refuse them here rather than build without them
+    load_only = {k: kwargs.pop(k) for k in ("quantization", "trust_remote_code") if kwargs.get(k)}
+    if load_only:
+        settings = ", ".join(f"{k}={v!r}" for k, v in load_only.items())
+        raise ValueError(f"{name}(pretrained=False, {settings}): these apply only when loading the converted "
+                         f"checkpoint (pretrained=True, path=...); random weights are built unquantized with the "
+                         f"native InternVL classes, which need no remote code. Drop them or load a checkpoint")
+    for key in ("quantization", "trust_remote_code"):  # None / False: nothing asked
+        kwargs.pop(key, None)
     config = internvl2_config(text, IMAGE_CONTEXT_ID[name])
     with torch.device(device):
         model = tf.InternVLForConditionalGeneration(config)
+    if kwargs.get("dtype"):  # a built model keeps the dtype it was made in: cast it as a loaded one would be
+        model.to(getattr(torch, kwargs["dtype"]))
     # a stand-in tokenizer and processor with the released image tiling (448 px tiles, 256 tokens each)
     tok = tiny_tokenizer(named_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
                                        "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
@@ -84,7 +84,7 @@ def emoverse_4b(pretrained: bool = True, path: str | None = None, device: str = 
         device: where `pretrained=False` builds the weights ("meta": shapes only, no memory).
         kwargs: `HFVisionLanguageBackbone` arguments (dtype, quantization, max_length, ...).
     """
-    return _internvl2("emoverse_4b", PHI3_MINI_128K, pretrained, path, device, **kwargs)
+    return _internvl2("emoverse_4b", TEXT_CONFIGS["emoverse_4b"], pretrained, path, device, **kwargs)
 
 
 @register_backbone
@@ -94,4 +94,4 @@ def emoverse_8b(pretrained: bool = True, path: str | None = None, device: str = 
 
     Args: as `emoverse_4b`, with `path` a converted OpenGVLab/InternVL2-8B folder.
     """
-    return _internvl2("emoverse_8b", INTERNLM2_5_7B, pretrained, path, device, **kwargs)
+    return _internvl2("emoverse_8b", TEXT_CONFIGS["emoverse_8b"], pretrained, path, device, **kwargs)

@@ -165,9 +165,17 @@ class ShardIndex:
         """Record `i`, its frames decoded to PIL images when `with_frames`."""
         e = self.entries[i]
         where = f"{self.paths[e.shard]} record {e.meta.get('id')}"
-        frames = [decode_image(self._read(e.shard, off, n), f"{where} frame {k}")
+        frames = [decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}")
                   for k, (off, n) in enumerate(e.frames)] if with_frames else []
         return AMTRecord.from_metadata(e.meta, frames, where=where)
+
+    def _frame(self, shard: int, offset: int, size: int, where: str) -> bytes:
+        try:
+            return self._read(shard, offset, size)
+        except CorruptShardError as err:
+            raise CorruptShardError(f"{where}: {_short(err, self.paths[shard], None)}") from None
+        except OSError as err:
+            raise CorruptShardError(f"{where}: cannot read the frame ({type(err).__name__}: {err})") from err
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
         if os.getpid() != self._pid:  # forked into a dataloader worker: do not share file offsets
@@ -176,7 +184,11 @@ class ShardIndex:
         if f is None:
             f = self._files[shard] = open(self.paths[shard], "rb")  # noqa: SIM115  (kept open for reuse)
         f.seek(offset)
-        return f.read(size)
+        data = f.read(size)
+        if len(data) != size:  # the file shrank after it was indexed
+            raise CorruptShardError(f"{self.paths[shard]}: {len(data)} of {size} bytes at offset {offset}; the "
+                                    "shard was truncated or rewritten after it was indexed")
+        return data
 
 
 def _index_tar(path: Path, shard: int, split: str, skipped: list[tuple[str, str | None, str]] | None) -> list[_Entry]:
@@ -200,7 +212,7 @@ def _index_tar(path: Path, shard: int, split: str, skipped: list[tuple[str, str 
                 if not m.isfile():
                     continue
                 key, _, ext = m.name.rpartition("/")[2].partition(".")
-                last = key
+                last = m.name
                 if ext == "json":
                     if key in entries:
                         raise CorruptShardError(f"{path}: record key {key!r} appears twice")
@@ -221,9 +233,12 @@ def _index_tar(path: Path, shard: int, split: str, skipped: list[tuple[str, str 
                 else:
                     raise CorruptShardError(f"{path}: member {m.name!r}; expected {{key}}.json or {{key}}.f{{k}}.jpg")
     except (tarfile.TarError, EOFError, OSError) as err:
-        after = f" after record {last}" if last else ""
-        raise CorruptShardError(f"{path}: not a readable tar shard ({type(err).__name__}: {err}{after}); "
+        after = f" at member {last}, record {last.rpartition('/')[2].partition('.')[0]}" if last else ""
+        first_line = str(err).splitlines()[0].rstrip(":") if str(err) else ""
+        raise CorruptShardError(f"{path}: not a readable tar shard ({type(err).__name__}: {first_line}{after}); "
                                 "it may be truncated or not a webdataset shard") from err
+    # tarfile stops quietly at a header cut short: only the missing end-of-archive shows the loss
+    check_complete(path, f" after member {last}" if last else "")
     for key, e in list(entries.items()):
         got = frames.get(key, {})
         want = e.meta.get("num_frames", len(got))
@@ -238,9 +253,27 @@ def _index_tar(path: Path, shard: int, split: str, skipped: list[tuple[str, str 
     return list(entries.values())
 
 
-def _short(err: Exception, path: Path, key: str) -> str:
+def _short(err: Exception, path: Path, key: str | None) -> str:
     """The error's message without the file/record prefix the caller adds anyway."""
-    return str(err).removeprefix(f"{path} record {key}").lstrip(": ")
+    return str(err).removeprefix(f"{path} record {key}" if key else str(path)).lstrip(": ")
+
+
+END_OF_ARCHIVE = 1024  # a tar ends with two 512-byte zero blocks (padded to a multiple of 512)
+
+
+def check_complete(path: str | Path, after: str = "") -> None:
+    """Raise `CorruptShardError` unless the tar file `path` ends as a whole tar does (one seek, no scan).
+
+    A shard cut anywhere (inside a header, a .json or a frame) lacks the end-of-archive blocks; tarfile
+    and webdataset would read it up to the cut and stop without an error, losing its last records.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - END_OF_ARCHIVE))
+        tail = f.read()
+    if size % 512 or size < END_OF_ARCHIVE or tail.strip(b"\0"):
+        raise CorruptShardError(f"{path}: truncated tar shard ({size} bytes, no end-of-archive blocks{after}); "
+                                "its last records are lost: rewrite it, or pass on_corrupt='skip'")
 
 
 def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0,
@@ -252,11 +285,23 @@ def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0
     """
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"stream_records: on_corrupt={on_corrupt!r}, expected one of {ON_CORRUPT}")
-    urls = [str(p) for p in shard_paths(root, split)]
+    urls = []
+    for path in shard_paths(root, split):
+        try:
+            check_complete(path)  # a cut shard would otherwise stream its first part without an error
+        except CorruptShardError as err:
+            if on_corrupt == "error":
+                raise
+            warnings.warn(f"stream_records(on_corrupt='skip'): skipped {err}", stacklevel=2)
+            continue
+        urls.append(str(path))
 
     def handler(err: Exception) -> bool:
-        # webdataset appends the shard url to a reading error's args
-        url = next((a for a in reversed(getattr(err, "args", ())) if isinstance(a, str) and a in urls), "a shard")
+        if isinstance(err, CorruptShardError):  # already named (webdataset passes it on to the outer handler)
+            raise err
+        # webdataset appends the shard url to a reading error's args, or tarfile names the file object
+        url = next((u for u in urls if any(isinstance(a, str) and u in a for a in getattr(err, "args", ()))
+                    or u in str(err)), "a shard (webdataset did not say which)")
         message = f"{url}: not a readable tar shard ({type(err).__name__}: {err.args[0] if err.args else err})"
         if on_corrupt == "error":
             raise CorruptShardError(message) from err

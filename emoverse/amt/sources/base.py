@@ -29,7 +29,10 @@ DROP_REASONS: dict[str, str] = {
 """Why a whole record is dropped."""
 
 LABEL_REMOVALS: dict[str, str] = {
-    "no_face": "FER: no OpenFace output, or no usable (success = 1) face row for the clip",
+    "no_openface": "FER: the clip has no OpenFace output (its CSV does not exist, or the AU extractor returned none)",
+    "no_face": "FER: the clip's OpenFace output has no usable face row (every row has success 0, is below "
+               "min_confidence, or lies outside the clip's segment)",
+    "text_only": "the clip's video file does not exist and require_media is false: the record is kept without frames",
     "emotion_tie": "MER from MOSEI intensities: two emotions share the highest intensity",
     "bad_cause_pair": "ECPE: a pair of the conversation points to a turn that does not exist",
     "pair_emotion_mismatch": "ECPE: a pair's emotion differs from its emotion turn's label",
