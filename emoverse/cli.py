@@ -41,7 +41,8 @@ def cli_kwargs() -> dict[str, Any]:
             "auto_configure_optimizers": False}
 
 TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments", "report": "emoverse.report.cli",
-                         "amt": "emoverse.amt.cli", "export": "emoverse.export"}
+                         "amt": "emoverse.amt.cli", "export": "emoverse.export",
+                         "smoke": "emoverse.smoke"}
 """Subcommands that are plain tools, not Trainer runs: name -> module with `main(argv) -> int`."""
 
 

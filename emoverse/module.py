@@ -50,7 +50,8 @@ class EmoVerseModule(pl.LightningModule):
         warmup_ratio: share of the optimizer steps spent warming up linearly.
         weight_decay: AdamW weight decay.
         gradient_checkpointing: recompute LLM activations in the backward pass to save memory.
-        predictions_path: where `test` writes its JSONL (default: `{log_dir}/test_predictions.jsonl`).
+        predictions_path: where `test` writes its JSONL (default: `{log_dir}/test_predictions.jsonl`);
+            each validation's answers go to `{log_dir}/val_predictions.jsonl` (the last one kept).
     """
 
     def __init__(
@@ -143,26 +144,42 @@ class EmoVerseModule(pl.LightningModule):
             metric.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._write_rows(self._evaluate(batch, "val"))
+
+    def on_validation_epoch_start(self) -> None:
+        """Keep the answers of each validation in `{log_dir}/val_predictions.jsonl` (the last one wins,
+        so the file stays as small as the capped val split), for the run report's per-task analyses."""
+        if not self.trainer.sanity_checking:
+            self._open_predictions(None, "val_predictions.jsonl")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self._close_predictions()
 
     def on_test_epoch_start(self) -> None:
         """Open the test JSONL (default `{log_dir}/test_predictions.jsonl`; one file per rank under DDP)."""
-        path = self.hparams.predictions_path
-        out = evaluation.rank_path(Path(path) if path else Path(self.trainer.log_dir or ".") / "test_predictions.jsonl",
-                                   self.trainer)
+        self._open_predictions(self.hparams.predictions_path, "test_predictions.jsonl")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._write_rows(self._evaluate(batch, "test"))
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        self._close_predictions()
+
+    def _open_predictions(self, path: str | None, name: str) -> None:
+        log_dir = self.trainer.log_dir  # a broadcast: every rank calls it
+        out = evaluation.rank_path(Path(path) if path else Path(log_dir or ".") / name, self.trainer)
         out.parent.mkdir(parents=True, exist_ok=True)
         self._predictions = open(out, "w", encoding="utf-8")  # noqa: SIM115  (closed at the epoch end)
         self.predictions_file = str(out)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        for row in self._evaluate(batch, "test"):
-            self._predictions.write(json.dumps(evaluation.prediction_row(row), ensure_ascii=False) + "\n")
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        if self._predictions is not None:
+            self._predictions.writelines(json.dumps(evaluation.prediction_row(r), ensure_ascii=False) + "\n"
+                                         for r in rows)
 
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+    def _close_predictions(self) -> None:
         if self._predictions is not None:
             self._predictions.close()
             self._predictions = None

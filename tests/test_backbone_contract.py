@@ -58,7 +58,7 @@ def test_the_trained_stop_is_an_end_of_turn_token(name: str) -> None:
     stop = proc.end_ids[-1]
     special = {i for i, t in proc.tokenizer.added_tokens_decoder.items() if t.special}
     assert stop in proc.stop_ids and stop in special, proc.tokenizer.convert_ids_to_tokens(proc.end_ids)
-    labels = proc(examples((1,)), "train")["labels"][0]
+    labels = AMTCollator(proc, "train")(examples((1,)))["labels"][0]
     assert labels[labels != -100][-1] == stop
 
 
@@ -108,7 +108,7 @@ def test_paligemma_processor_labels_are_dropped_and_the_answer_is_causal_suffix(
     text = proc.render(proc.messages("q", 1), add_generation_prompt=True)
     raw = proc.processor(text=[text], images=[[Image.new("RGB", (32, 32))]], return_tensors="pt")
     assert "labels" in raw  # what the processor returns, and forward would compute its own loss on
-    batch = proc(examples(), "train")
+    batch = AMTCollator(proc, "train")(examples())
     assert "labels" not in batch["inputs"]
     answer = batch["labels"] != -100
     types = batch["inputs"]["token_type_ids"]
@@ -127,7 +127,7 @@ def test_paligemma_training_marks_the_answer_as_generation_does() -> None:
 
 def test_mllama_cross_attention_mask_covers_the_answer() -> None:
     proc = create_backbone("tiny_mllama").processor
-    batch = proc(examples((1, 2)), "train")
+    batch = AMTCollator(proc, "train")(examples((1, 2)))
     mask, inputs = batch["inputs"]["cross_attention_mask"], batch["inputs"]
     assert mask.shape[:2] == inputs["input_ids"].shape and mask.dim() == 4
     for b in range(2):

@@ -38,6 +38,10 @@ def test_quickstart_fit_logs_and_checkpoints_trainable_weights_only(demo_amt: Pa
     assert len(_losses(run)) == EPOCHS * 3  # 3 batches an epoch
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/msa/loss", "val/msa/acc2_nn", "val/ecpe/f1"} <= set(header)
+    # the last validation's answers are kept, so the report after fit alone has the per-task analyses
+    val = [json.loads(line) for line in (run / "val_predictions.jsonl").read_text().splitlines()]
+    assert val and {"prediction", "target"} <= set(val[0]) and {r["task"] for r in val} >= {"mer", "msa"}
+    assert "mer_confusion" in (run / "report.html").read_text()
     ckpt_path = next((run / "checkpoints").glob("*.ckpt"))
     ckpt = torch.load(ckpt_path, weights_only=True)
     keys = list(ckpt["state_dict"])

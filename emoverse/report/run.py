@@ -2,7 +2,8 @@
 
 A run folder is what one `emoverse fit|test|predict` leaves (CSVLogger's `version_N/`):
 `metrics.csv`, `hparams.yaml`, `config.yaml` (LightningCLI), `curriculum.json` (`RunReport`),
-`test_predictions.jsonl` (`test`) or `predictions.jsonl` (`predict`), `checkpoints/`.
+`test_predictions.jsonl` (`test`), `predictions.jsonl` (`predict`) or `val_predictions.jsonl`
+(the last validation of `fit`), `checkpoints/`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import yaml
 
 DRAWS_FILE = "curriculum.json"
 """Written by `RunReport` during `fit`: the planned stages and the tasks drawn per epoch."""
-PREDICTION_FILES: tuple[tuple[str, bool], ...] = (("test_predictions*.jsonl", True), ("predictions*.jsonl", False))
+PREDICTION_FILES: tuple[tuple[str, bool], ...] = (("test_predictions*.jsonl", True), ("predictions*.jsonl", False),
+                                                   ("val_predictions*.jsonl", True))
 """Predictions files, in order of preference, and whether their rows carry targets."""
 
 
@@ -173,8 +175,9 @@ def _read_predictions(run: Run) -> None:
         if files:
             break
     else:
-        run.notes.append("no predictions file (test_predictions.jsonl from `emoverse test`, or predictions.jsonl "
-                         "from `emoverse predict`); the per-task analyses need one")
+        run.notes.append("no predictions file (test_predictions.jsonl from `emoverse test`, predictions.jsonl "
+                         "from `emoverse predict`, or val_predictions.jsonl from a validation during `fit`); "
+                         "the per-task analyses need one")
         return
     run.predictions_file, run.with_targets = files[0], with_targets
     bad: list[str] = []
