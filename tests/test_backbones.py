@@ -223,3 +223,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(name: str) -> 
     (la, ga), (lb, gb) = results
     assert torch.allclose(la, lb) and ga.keys() == gb.keys() and ga
     assert all(torch.allclose(ga[n], gb[n], atol=1e-6) for n in ga)
+
+
+def test_load_settings_given_with_a_built_model_are_refused() -> None:
+    built = create_backbone("tiny_llava")
+    with pytest.raises(ValueError, match=r"\['quantization'\] apply only when loading from a path"):
+        HFVisionLanguageBackbone(built.core, built.processor.processor, quantization="4bit")

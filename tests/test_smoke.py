@@ -1,7 +1,7 @@
 """Every shipped YAML builds (model, data, Trainer and callbacks) through its smoke path, offline.
 
 `emoverse smoke A.yaml [B.yaml]` merges the configs as their documented `emoverse fit` line does and
-swaps only what needs a GPU, weights or the real AMT (docs/configs.md). A recipe that cannot build
+swaps only what needs a GPU, weights or the real AMT (docs/curriculum.md, "The paper's configs"). A recipe that cannot build
 (a lost `path`, a stale key, a callback that does not fit the curriculum) fails here.
 """
 

@@ -112,6 +112,12 @@ class HFVisionLanguageBackbone(Backbone):
             model, processor = _load(model, dtype, quantization, trust_remote_code)
         elif processor is None:
             raise ValueError("HFVisionLanguageBackbone: `processor` is required when `model` is a model, not a path")
+        else:
+            ignored = {k: v for k, v in (("dtype", dtype), ("quantization", quantization),
+                                         ("trust_remote_code", trust_remote_code)) if v}
+            if ignored:
+                raise ValueError(f"HFVisionLanguageBackbone: {sorted(ignored)} apply only when loading from a path or hub "
+                                 "id; this model is already built: set them when you build it, or pass its path")
         model.train()  # from_pretrained returns eval mode, which would silently switch dropout off
         self.model = model
         text_config = model.config.get_text_config()

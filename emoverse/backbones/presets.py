@@ -59,8 +59,9 @@ def _internvl2(name: str, text: dict[str, Any], pretrained: bool, path: str | No
     config = internvl2_config(text, IMAGE_CONTEXT_ID[name])
     with torch.device(device):
         model = tf.InternVLForConditionalGeneration(config)
-    if kwargs.get("dtype"):  # a built model keeps the dtype it was made in: cast it as a loaded one would be
-        model.to(getattr(torch, kwargs["dtype"]))
+    dtype = kwargs.pop("dtype", None)
+    if dtype:  # a built model keeps the dtype it was made in: cast it as a loaded one would be
+        model.to(getattr(torch, dtype))
     # a stand-in tokenizer and processor with the released image tiling (448 px tiles, 256 tokens each)
     tok = tiny_tokenizer(named_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
                                        "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
