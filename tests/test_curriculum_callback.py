@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from emoverse.checkpointing import ResumableCheckpoint
@@ -147,3 +147,16 @@ def test_a_checkpoint_of_the_old_layout_is_refused():
     old = {"stage": 1, "groups": {}, "peak_lrs": {}, "sampler": {"consumed": 8}}
     with pytest.raises(ValueError, match="predates emoverse's curriculum redesign"):
         MultiStageCurriculum(Curriculum(STAGES)).load_state_dict(old)
+
+
+def test_a_loader_without_state_is_warned_about(tmp_path):
+    class PlainData(ToyData):
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(PairDataset(), batch_size=BATCH, sampler=TaskWeightedSampler(self.curriculum))
+
+    curriculum = Curriculum([Stage(name="one", ratios={"msa": 1}, budget="all")])
+    trainer = pl.Trainer(max_epochs=1, max_steps=1, callbacks=[MultiStageCurriculum(curriculum)], logger=False,
+                         enable_progress_bar=False, enable_checkpointing=False, accelerator="cpu",
+                         default_root_dir=tmp_path)
+    with pytest.warns(UserWarning, match="has no state_dict, so a resume mid-epoch restarts the epoch's draws"):
+        trainer.fit(ToyModule(), datamodule=PlainData(curriculum))

@@ -54,6 +54,13 @@ class MultiStageCurriculum(Callback):
                              f"but the curriculum's epochs differ in length ({sorted(lengths)} draws per rank); "
                              "set reload_dataloaders_every_n_epochs=1 so each epoch's loader has its own length")
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loader = trainer.train_dataloader
+        if not (callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))):
+            rank_zero_warn(f"MultiStageCurriculum: the train loader ({type(loader).__name__}) has no state_dict, so "
+                           "a resume mid-epoch restarts the epoch's draws instead of continuing them; use torchdata's "
+                           "StatefulDataLoader (AMTDataModule does)")
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._enter(trainer, pl_module)
 
