@@ -90,6 +90,7 @@ class EmoVerseModule(pl.LightningModule):
         self._ever_trained: set[str] = set()
         self.curriculum = curriculum
         self.set_trainable(_initial_parts(trainable, curriculum))
+        self._record_trained()
         self.tasks: dict[str, Task] = {t: get_task(t, **(task_args or {}).get(t, {})) for t in tasks}
         self.metrics = nn.ModuleDict({f"{split}_{t}": task.new_metric() for split in SPLITS
                                       for t, task in self.tasks.items()})
@@ -107,9 +108,13 @@ class EmoVerseModule(pl.LightningModule):
 
     def set_trainable(self, parts: Collection[str]) -> list[nn.Parameter]:
         """Train exactly `parts` ("projector", "lora", "vision"); returns newly trainable parameters."""
-        newly = self.backbone.set_trainable(list(parts))
+        return self.backbone.set_trainable(list(parts))
+
+    def _record_trained(self) -> None:
         self._ever_trained |= {n for n, p in self.named_parameters() if p.requires_grad}
-        return newly
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._record_trained()  # what an optimizer step updates goes into the checkpoints
 
     # steps -----------------------------------------------------------------------------------
 
