@@ -88,6 +88,7 @@ class EmoVerseModule(pl.LightningModule):
         self.backbone = create_backbone(backbone, **(backbone_args or {})) if isinstance(backbone, str) else backbone
         self.backbone.add_lora(lora_r, lora_alpha, lora_dropout, lora_targets, gradient_checkpointing)
         self._ever_trained: set[str] = set()
+        self._before_restore: set[str] | None = None  # the trainable names while a strategy restores after setup
         self.curriculum = curriculum
         self.set_trainable(_initial_parts(trainable, curriculum))
         self._record_trained()
@@ -109,6 +110,34 @@ class EmoVerseModule(pl.LightningModule):
     def set_trainable(self, parts: Collection[str]) -> list[nn.Parameter]:
         """Train exactly `parts` ("projector", "lora", "vision"); returns newly trainable parameters."""
         return self.backbone.set_trainable(list(parts))
+
+    def on_fit_start(self) -> None:
+        # Strategies that restore after setup (FSDP2, DeepSpeed) load the optimizer state right after this
+        # hook and skip parameters that do not require grad: every part the optimizer holds trains while
+        # they load, so a part a later stage trained keeps its state (the stage's parts are set again at
+        # its first batch; see on_train_start for parts that never trained).
+        if self.trainer.strategy.restore_checkpoint_after_setup:
+            self._before_restore = {n for n, p in self.named_parameters() if p.requires_grad}
+            self.set_trainable(self._optimizer_parts())
+
+    def on_train_start(self) -> None:
+        before, self._before_restore = self._before_restore, None
+        if before is None:
+            return
+        # torch.distributed.checkpoint initialises the state of every trainable parameter with a zero
+        # step before loading; a parameter that never trained must start its Adam moments (and bias
+        # correction) from nothing, as in a run that was never stopped
+        for name, param in self.named_parameters():
+            if name not in self._ever_trained:
+                for optimizer in self.trainer.optimizers:
+                    optimizer.state.pop(param, None)
+            param.requires_grad_(name in before)
+
+    def _optimizer_parts(self) -> list[str]:
+        """The parts the optimizer holds: every part some stage trains (or `trainable`)."""
+        if self.curriculum is not None:
+            return self.curriculum.parts
+        return list(self.hparams.trainable or _DEFAULT_PARTS)
 
     def _record_trained(self) -> None:
         self._ever_trained |= {n for n, p in self.named_parameters() if p.requires_grad}
@@ -238,8 +267,7 @@ class EmoVerseModule(pl.LightningModule):
         """AdamW with one param group per part that ever trains (frozen ones get no gradient, so no
         update and no state), and one `LambdaLR`: warm-up + cosine times each stage's lr factor.
         Built once: stage changes only set `requires_grad`, so no optimizer state is ever rebuilt."""
-        parts = self.curriculum.parts if self.curriculum is not None else self.hparams.trainable or list(_DEFAULT_PARTS)
-        groups = [{"params": self.backbone.part_parameters(part), "name": part} for part in parts]
+        groups = [{"params": self.backbone.part_parameters(part), "name": part} for part in self._optimizer_parts()]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay)
         schedule = self._schedule()
@@ -283,6 +311,7 @@ class EmoVerseModule(pl.LightningModule):
                 does not have (a checkpoint of another backbone).
         """
         if "state_dict" not in checkpoint:  # ModelParallelStrategy has loaded the weights itself
+            self._ever_trained |= set(checkpoint.get(TRAINED_KEY, ()))
             return
         state = checkpoint["state_dict"]
         own = self.state_dict()

@@ -64,11 +64,6 @@ class MultiStageCurriculum(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._wrapped = {id(p) for p in pl_module.parameters() if p.requires_grad}  # DDP has wrapped by now
-        if trainer.strategy.restore_checkpoint_after_setup:
-            # Strategies that load the optimizer state themselves (FSDP2, DeepSpeed) do it after this hook
-            # and skip parameters that do not require grad; every part of the optimizer trains until the
-            # first batch applies the epoch's stage, so a part a later stage trains keeps its state.
-            pl_module.set_trainable(self.curriculum.parts)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         strategy = trainer.strategy
