@@ -247,10 +247,10 @@ def test_grpo_step_on_the_tiny_backbone(small_amt: Path):
 BATCH = 2
 
 
-def stages() -> list[Stage]:
+def stages(train: tuple[str, ...] = ("lora",)) -> list[Stage]:
     return [
         Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=2 * BATCH),
-        Stage(name="reinforce", ratios={"msa": 1, "mer": 1}, epochs=1, samples_per_epoch=3 * BATCH, train=["lora"],
+        Stage(name="reinforce", ratios={"msa": 1, "mer": 1}, epochs=1, samples_per_epoch=3 * BATCH, train=list(train),
               lr=5e-4, objective="grpo",
               grpo={"group_size": 2, "max_new_tokens": {"msa": 4, "mer": 4}, "reference": "stage_start"}),
     ]
@@ -315,3 +315,44 @@ def test_fit_with_a_grpo_stage_resumes_exactly_mid_stage(small_amt: Path, tmp_pa
     assert want.keys() == got.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+# two ranks ---------------------------------------------------------------------------------------
+
+class _RankLog(pl.Callback):
+    """Each rank's prompts of the GRPO stage and a digest of its final trainable weights, as JSON."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.prompts = out, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if "group_size" in batch:
+            group = batch["group_size"]
+            assert all(batch["ids"][k] == batch["ids"][k - k % group] for k in range(len(batch["ids"])))
+            self.prompts += [f"{i}/{t}" for i, t in zip(batch["ids"][::group], batch["tasks"][::group])]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+
+        digest = {k: float(v.double().sum()) for k, v in pl_module.trainable_state_dict().items()}
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps({"prompts": self.prompts,
+                                                                              "weights": digest}))
+
+
+@pytest.mark.slow
+def test_two_ranks_sample_their_own_prompts_and_stay_in_sync(small_amt: Path, tmp_path: Path):
+    import json
+
+    # the same parts train in both stages: DDP's reducer expects gradients for what trained at its start
+    curriculum = Curriculum(stages(train=("projector", "lora")))
+    module = EmoVerseModule("tiny", lora_dropout=0.1, lr=1e-3, curriculum=curriculum)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=curriculum.total_epochs,
+                         reload_dataloaders_every_n_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         default_root_dir=tmp_path, callbacks=[MultiStageCurriculum(curriculum), _RankLog(tmp_path)])
+    trainer.fit(module, AMTDataModule(str(small_amt), batch_size=BATCH, num_frames=2, processor=module.processor,
+                                      tasks=module.tasks, curriculum=curriculum))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]["prompts"]) == len(ranks[1]["prompts"]) > 0
+    assert not set(ranks[0]["prompts"]) & set(ranks[1]["prompts"])  # each rank its own prompts
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)  # one model, gradients reduced
