@@ -10,8 +10,8 @@ from torchmetrics import Metric
 
 from emoverse.data.record import AMTRecord
 from emoverse.metrics import TokenF1
-from emoverse.metrics.text import token_f1
 from emoverse.metrics._utils import check_same_length
+from emoverse.metrics.text import token_f1
 from emoverse.tasks.base import Task, check_reward_weights, check_template
 
 
