@@ -193,6 +193,23 @@ def test_group_batches_repeat_each_prompt_with_its_record(small_amt: Path, tiny_
     assert torch.equal(ids[0], ids[1]) and torch.equal(ids[0], ids[2])
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny_llava", "tiny_qwen2_vl"])
+def test_sampling_is_batched_seeded_and_runs_a_grpo_step_on_every_family(small_amt: Path, name: str):
+    """The sampling path of the backbone contract on a composed and two transformers-native families
+    (Qwen2-VL: flattened patches and M-RoPE): the global seed fixes the samples; a GRPO step runs."""
+    torch.manual_seed(0)
+    module = EmoVerseModule(name, tasks=["mer", "msa"])
+    stage = Stage(name="rl", ratios={"mer": 1, "msa": 1}, objective="grpo", grpo={"group_size": 2})
+    batch = group_batch(small_amt, module, stage)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append(module.backbone.generate_ids(batch["inputs"], 5, Sampling(2.0, 0.95)))
+    assert torch.equal(runs[0], runs[1]) and runs[0].shape[0] == 4 and runs[0].shape[1] <= 5
+    out = grpo_step(module.backbone, batch, module.tasks, stage.grpo)
+    assert torch.isfinite(out["loss"]) and float(out["kl"]) == 0.0  # fresh LoRA: the policy is the reference
+
+
 def test_grpo_step_on_the_tiny_backbone(small_amt: Path):
     """Fresh LoRA (B = 0) is the reference: KL is exactly 0; the loss has gradients on the adapters, and a
     small step along them raises the log-probability of the answers with positive advantage."""
