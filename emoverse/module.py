@@ -293,7 +293,12 @@ class EmoVerseModule(pl.LightningModule):
         per_epoch = self.curriculum.optimizer_steps(trainer.accumulate_grad_batches)
         scales = [(stage.lr or self.hparams.lr) / self.hparams.lr for stage in self.curriculum.stages]
         stage_of_epoch = [self.curriculum.stage_of(e) for e in range(len(per_epoch))]
-        return StageSchedule(max(total or sum(per_epoch), 1), warmup, per_epoch, [scales[s] for s in stage_of_epoch])
+        starts = [sum(per_epoch[:e]) for e in range(len(per_epoch) + 1)]
+        first = {s: starts[stage_of_epoch.index(s)] for s in set(stage_of_epoch)}
+        end = {s: starts[len(stage_of_epoch) - stage_of_epoch[::-1].index(s)] for s in set(stage_of_epoch)}
+        spans = [(first[s], end[s]) if self.curriculum.stages[s].schedule == "stage" else None for s in stage_of_epoch]
+        return StageSchedule(max(total or sum(per_epoch), 1), warmup, per_epoch, [scales[s] for s in stage_of_epoch],
+                             spans)
 
     def trainable_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The weights that train or have trained (projector, LoRA, vision if a stage trained it)."""

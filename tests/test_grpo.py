@@ -206,6 +206,10 @@ def test_sampling_is_batched_seeded_and_runs_a_grpo_step_on_every_family(small_a
         torch.manual_seed(7)
         runs.append(module.backbone.generate_ids(batch["inputs"], 5, Sampling(2.0, 0.95)))
     assert torch.equal(runs[0], runs[1]) and runs[0].shape[0] == 4 and runs[0].shape[1] <= 5
+    # no image placeholder or chat marker is ever sampled (it would be read as one in the training forward)
+    forbidden = set(module.processor.unsampled_ids)
+    assert module.processor.image_token_id in forbidden if name == "tiny" else forbidden
+    assert not forbidden & set(runs[0].flatten().tolist()) - {module.processor.pad_id}
     out = grpo_step(module.backbone, batch, module.tasks, stage.grpo)
     assert torch.isfinite(out["loss"]) and float(out["kl"]) == 0.0  # fresh LoRA: the policy is the reference
 
@@ -268,7 +272,7 @@ def stages(train: tuple[str, ...] = ("lora",)) -> list[Stage]:
     return [
         Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=2 * BATCH),
         Stage(name="reinforce", ratios={"msa": 1, "mer": 1}, epochs=1, samples_per_epoch=3 * BATCH, train=list(train),
-              lr=5e-4, objective="grpo",
+              lr=5e-4, schedule="stage", objective="grpo",
               grpo={"group_size": 2, "max_new_tokens": {"msa": 4, "mer": 4}, "reference": "stage_start"}),
     ]
 
@@ -373,3 +377,18 @@ def test_two_ranks_sample_their_own_prompts_and_stay_in_sync(small_amt: Path, tm
     assert len(ranks[0]["prompts"]) == len(ranks[1]["prompts"]) > 0
     assert not set(ranks[0]["prompts"]) & set(ranks[1]["prompts"])  # each rank its own prompts
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)  # one model, gradients reduced
+
+
+def test_a_stage_with_a_schedule_of_its_own():
+    """`Stage(schedule="stage")`: a warm-up + cosine over the stage's own steps, from its lr; the other stages
+    keep the run's curve (a GRPO stage placed last would otherwise get the tail of the run's cosine)."""
+    from emoverse.schedule import StageSchedule
+
+    run = StageSchedule(100, 0.1, [40, 40, 20], [1.0, 1.0, 0.5])
+    own = StageSchedule(100, 0.1, [40, 40, 20], [1.0, 1.0, 0.5], [None, None, (80, 100)])
+    assert [own(s) for s in range(80)] == [run(s) for s in range(80)]
+    assert run(85) < 0.5 * 0.1  # the tail of the run's curve: under a tenth of the stage lr
+    assert own(80) == 0.0 and own(82) == pytest.approx(0.5)  # 2 warm-up steps, then the stage's own peak
+    assert own(99) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 17 / 18)))
+    with pytest.raises(ValueError, match="schedule='own', expected 'run' or 'stage'"):
+        Stage(name="x", ratios={"mer": 1}, schedule="own")

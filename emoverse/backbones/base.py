@@ -163,6 +163,14 @@ class BackboneProcessor(ABC):
                              "eos token: set tokenizer.eos_token or generation_config.eos_token_id")
         return [*turn_end, self.eos_ids[0] if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id]
 
+    @functools.cached_property
+    def unsampled_ids(self) -> list[int]:
+        """Special tokens sampling never draws (all but `stop_ids`): a sampled image placeholder or chat marker
+        would be read as one when the answer is fed back for training (a GRPO step)."""
+        tok = self.tokenizer
+        special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+        return sorted(special - set(self.stop_ids))
+
     @property
     def stop_ids(self) -> list[int]:
         """Token ids that end a generated answer: the eos ids and the trained stop (`end_ids[-1]`)."""
@@ -314,7 +322,8 @@ class Backbone(nn.Module, ABC):
         proc = self.processor
         how: dict[str, Any] = {"do_sample": False}
         if sampling is not None:  # top_k=0 turns off the top-k filter a generation_config may set
-            how = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+            how = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+                   "suppress_tokens": proc.unsampled_ids}
         out = self.core.generate(**self.cast_inputs(inputs), max_new_tokens=max_new_tokens, use_cache=True,
                                  eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id, **how)
         return out[:, inputs["input_ids"].shape[1]:]

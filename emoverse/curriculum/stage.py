@@ -129,6 +129,10 @@ class Stage:
     sources: list[str] | None = None
     """Restrict the stage's pool to records of these sources (e.g. `[meld]` for the Table 5 single-task
     MER ablation); None = every source."""
+    schedule: Literal["run", "stage"] = "run"
+    """The lr curve of the stage: "run" = its `lr` scales the run's one warm-up + cosine (a late stage
+    gets the curve's tail); "stage" = a warm-up + cosine of its own over its steps, from its `lr` (e.g. a
+    GRPO stage after the supervised ones)."""
     objective: Objective = "sft"
     """How the stage trains: "sft" (cross-entropy on the tasks' answers) or "grpo" (reinforcement with
     the tasks' rewards, `Task.reward`; docs/grpo.md)."""
@@ -170,6 +174,8 @@ class Stage:
                 raise ValueError(f"{where}: sources={self.sources!r}, expected None or a non-empty list of "
                                  f"distinct sources from {list(SOURCES)}")
             self.sources = list(self.sources)
+        if self.schedule not in ("run", "stage"):
+            raise ValueError(f"{where}: schedule={self.schedule!r}, expected 'run' or 'stage'")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"{where}: objective={self.objective!r}, expected one of {list(OBJECTIVES)}")
         if self.objective == "grpo":
