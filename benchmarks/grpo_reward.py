@@ -17,8 +17,10 @@ import lightning.pytorch as pl
 import torch
 
 from emoverse import AMTDataModule, EmoVerseModule, Stage
+from emoverse.backbones.base import Sampling
 from emoverse.curriculum import Curriculum, MultiStageCurriculum
 from emoverse.evaluation import answer, move_to
+from emoverse.grpo import cut_answers
 
 
 def val_reward(module: EmoVerseModule, data: AMTDataModule, tasks: list[str]) -> dict[str, float]:
@@ -30,6 +32,27 @@ def val_reward(module: EmoVerseModule, data: AMTDataModule, tasks: list[str]) ->
             for row in answer(module.backbone, move_to(batch, module.device), module.tasks):
                 if row["task"] in rewards:
                     rewards[row["task"]].append(module.tasks[row["task"]].reward(row["generation"], row["record"]))
+    return {t: statistics.fmean(v) for t, v in rewards.items() if v}
+
+
+def sampled_val_reward(module: EmoVerseModule, data: AMTDataModule, tasks: list[str], samples: int, tokens: int,
+                       seed: int) -> dict[str, float]:
+    """Mean reward per task of `samples` answers sampled at temperature 1 (the policy GRPO trains) per
+    validation prompt, from a fixed seed."""
+    module.eval()
+    torch.manual_seed(seed)
+    proc = module.processor
+    rewards: dict[str, list[float]] = {t: [] for t in tasks}
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            batch = move_to(batch, module.device)
+            for _ in range(samples):
+                new = module.backbone.generate_ids(batch["inputs"], tokens, Sampling(1.0, 1.0))
+                for ids, t, r in zip(cut_answers(new, [tokens] * len(new), proc.stop_ids), batch["tasks"],
+                                     batch["records"], strict=True):
+                    if t in rewards:
+                        text = proc.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                        rewards[t].append(module.tasks[t].reward(text, r))
     return {t: statistics.fmean(v) for t, v in rewards.items() if v}
 
 
@@ -59,17 +82,21 @@ def main() -> None:
                          curriculum=curriculum)
     data.setup("fit")
     before = val_reward(module, data, args.tasks)
+    sampled_before = sampled_val_reward(module, data, args.tasks, args.group, args.tokens, args.seed + 1)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          num_sanity_val_steps=0, callbacks=[MultiStageCurriculum(curriculum)])
     module.train()
     trainer.fit(module, datamodule=data)
     after = val_reward(module, data, args.tasks)
+    sampled_after = sampled_val_reward(module, data, args.tasks, args.group, args.tokens, args.seed + 1)
     print(f"seed {args.seed}, {args.steps} GRPO steps of {args.prompts} prompts x G={args.group}, lr {args.lr}, "
           f"beta {args.beta}, from {args.ckpt}")
     for t in args.tasks:
-        print(f"  val {t}: mean reward {before[t]:.3f} -> {after[t]:.3f}")
-    print(f"  val mean over tasks: {statistics.fmean(before.values()):.3f} -> {statistics.fmean(after.values()):.3f}")
+        print(f"  val {t}: greedy answers' mean reward {before[t]:.3f} -> {after[t]:.3f}; "
+              f"sampled (T=1, {args.group} per prompt) {sampled_before[t]:.3f} -> {sampled_after[t]:.3f}")
+    print(f"  val mean over tasks: greedy {statistics.fmean(before.values()):.3f} -> {statistics.fmean(after.values()):.3f}; "
+          f"sampled {statistics.fmean(sampled_before.values()):.3f} -> {statistics.fmean(sampled_after.values()):.3f}")
 
 
 if __name__ == "__main__":
