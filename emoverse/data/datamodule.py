@@ -17,6 +17,7 @@ from emoverse.curriculum.stage import Stage
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset
 from emoverse.data.demo import make_demo_amt
+from emoverse.data.grpo import GroupCollator
 from emoverse.data.shards import OnCorrupt, ShardIndex
 from emoverse.data.streaming import AMTStream
 from emoverse.distributed import RankShardSampler
@@ -135,8 +136,15 @@ class AMTDataModule(pl.LightningDataModule):
         sampler = TaskWeightedSampler(self.curriculum, rank=self._ranks()[1], epoch=epoch)
         # rebuilt every epoch (stages differ in length), so worker processes are not kept
         return StatefulDataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler,
-                                  num_workers=self.num_workers,
-                                  collate_fn=AMTCollator(self.processor, "train", self.system_prompt))
+                                  num_workers=self.num_workers, collate_fn=self._train_collator(epoch))
+
+    def _train_collator(self, epoch: int) -> AMTCollator | GroupCollator:
+        """The stage decides the batches: supervised ones (prompt + answer, labels), or for a GRPO stage
+        `batch_size` prompts with their records, each `group_size` times (`GroupCollator`)."""
+        stage = self.curriculum.stages[self.curriculum.stage_of(epoch)]
+        if stage.objective == "grpo":
+            return GroupCollator(self.processor, stage.grpo.group_size, self.system_prompt)
+        return AMTCollator(self.processor, "train", self.system_prompt)
 
     def _eval_loader(self, split: str, cap: int | None) -> DataLoader:
         ds = self.datasets[split]
