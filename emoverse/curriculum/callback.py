@@ -56,6 +56,13 @@ class MultiStageCurriculum(Callback):
             if trainer.max_steps == -1:
                 raise ValueError(msg)
             rank_zero_warn(msg + " (max_steps is set, so training may end before or after the last stage)")
+        strategy, first = trainer.strategy, set(self.curriculum.stages[0].train)
+        freezing = [s.name for s in self.curriculum.stages[1:] if not first <= set(s.train)]
+        if freezing and trainer.world_size > 1 and isinstance(strategy, DDPStrategy) \
+                and not isinstance(strategy, DeepSpeedStrategy):
+            rank_zero_warn(f"MultiStageCurriculum: stage(s) {freezing} freeze parts the first stage trains; DDP "
+                           "expects a gradient for every parameter that trained when it wrapped the model, so use "
+                           "strategy: ddp_find_unused_parameters_true (else the first step of such a stage fails)")
         lengths = {self.curriculum.epoch_length(e) for e in range(total)}
         if len(lengths) > 1 and trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError(f"Trainer(reload_dataloaders_every_n_epochs={trainer.reload_dataloaders_every_n_epochs}) "
