@@ -48,10 +48,11 @@ class MultiStageCurriculum(Callback):
             if trainer.max_steps == -1:
                 raise ValueError(msg)
             rank_zero_warn(msg + " (max_steps is set, so training may end before or after the last stage)")
-        lengths = {self.curriculum.epoch_length(e) for e in range(total)}
+        lengths = set(self.curriculum.loader_lengths())
+        unit = "draws" if self.curriculum.budget is None else "batches"
         if len(lengths) > 1 and trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError(f"Trainer(reload_dataloaders_every_n_epochs={trainer.reload_dataloaders_every_n_epochs}) "
-                             f"but the curriculum's epochs differ in length ({sorted(lengths)} draws per rank); "
+                             f"but the curriculum's epochs differ in length ({sorted(lengths)} {unit} per rank); "
                              "set reload_dataloaders_every_n_epochs=1 so each epoch's loader has its own length")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

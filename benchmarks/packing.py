@@ -1,0 +1,140 @@
+"""Training throughput of padded batches against token-budget batches against padding-free packing.
+
+Baseline: today's padded training batches (`AMTDataModule(batch_size=8)`). Contenders, on the same
+epoch of draws (the demo AMT, every task at equal ratio, `--samples` draws): token-budget batches
+(`max_tokens`, rows x longest row) and packed rows (`max_tokens`, `packing=True`); `max_tokens` is
+the smallest budget that gives no more batches, hence optimizer steps, than the baseline, so every
+mode trains the same samples in at most as many steps. Batches are built by the datamodule's own
+train loader beforehand (data loading is not timed); a step is forward + backward + AdamW on
+`EmoVerseModule`. The modes alternate, reversed every round, and the figure of each is the median
+epoch time over the rounds. Backbones: the composed `tiny` and the transformers-native `tiny_llava`.
+
+Run: `python benchmarks/packing.py [--samples 480] [--rounds 3]`. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
+from emoverse.curriculum import Curriculum, Stage, TokenBudget
+
+BATCH = 8
+MODES = ("padded", "token_budget", "packing")
+
+
+def module(backbone: str) -> EmoVerseModule:
+    torch.manual_seed(0)
+    return EmoVerseModule(backbone, lr=1e-3, lora_dropout=0.0)
+
+
+def stage(m: EmoVerseModule, samples: int) -> Stage:
+    return Stage(name="demo-mix", ratios={t: 1.0 for t in m.tasks}, budget="all", samples_per_epoch=samples)
+
+
+def data(amt: Path, m: EmoVerseModule, samples: int, **batching: Any) -> AMTDataModule:
+    dm = AMTDataModule(str(amt), batch_size=BATCH, processor=m.processor, tasks=m.tasks,
+                       curriculum=Curriculum([stage(m, samples)], seed=0), **batching)
+    dm.setup("fit")
+    return dm
+
+
+def smallest_budget(dm: AMTDataModule, m: EmoVerseModule, samples: int, steps: int, packing: bool) -> int:
+    """The smallest max_tokens (to 8 tokens) whose epoch has at most `steps` batches."""
+    ds = dm.datasets["train"]
+    length = functools.cache(ds.example_length)
+    lo, hi = 64, 1 << 16
+    while hi - lo > 8:
+        mid = (lo + hi) // 2
+        c = Curriculum([stage(m, samples)], seed=0)
+        c.bind(ds.record_tasks, budget=TokenBudget(mid, packing), lengths=length)
+        if c.epoch_batches(0) <= steps:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def batches(dm: AMTDataModule) -> list[dict]:
+    return list(dm.train_dataloader())
+
+
+def figures(batch_list: list[dict]) -> dict[str, int]:
+    """Samples, real tokens and positions (tokens + padding) of the epoch."""
+    tokens = positions = samples = 0
+    for b in batch_list:
+        ids = b["inputs"]["input_ids"]
+        samples += len(b["tasks"])
+        positions += ids.numel()
+        tokens += int(b["packed_lengths"].sum()) if "packed_lengths" in b else int(b["inputs"]["attention_mask"].sum())
+    return {"samples": samples, "tokens": tokens, "positions": positions, "steps": len(batch_list)}
+
+
+def epoch_seconds(m: EmoVerseModule, batch_list: list[dict]) -> float:
+    optimizer = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+    m.train()
+    start = time.perf_counter()
+    for b in batch_list:
+        m(b)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def run(backbone: str, amt: Path, samples: int, rounds: int) -> dict[str, Any]:
+    m = module(backbone)
+    padded = data(amt, m, samples)
+    steps = padded.curriculum.epoch_batches(0)
+    budget = smallest_budget(padded, m, samples, steps, packing=False)
+    packed = smallest_budget(padded, m, samples, steps, packing=True)
+    built = {"padded": batches(padded), "token_budget": batches(data(amt, m, samples, max_tokens=budget)),
+             "packing": batches(data(amt, m, samples, max_tokens=packed, packing=True))}
+    epoch_seconds(m, built["padded"][:3])  # warm-up (allocator, kernels)
+    times: dict[str, list[float]] = {k: [] for k in MODES}
+    for r in range(rounds):
+        for mode in MODES if r % 2 == 0 else MODES[::-1]:
+            times[mode].append(epoch_seconds(module(backbone), built[mode]))
+    out: dict[str, Any] = {"max_tokens_token_budget": budget, "max_tokens_packing": packed}
+    for mode in MODES:
+        f, t = figures(built[mode]), statistics.median(times[mode])
+        out[mode] = {**f, "seconds": round(t, 3), "samples_per_s": round(f["samples"] / t, 2),
+                     "tokens_per_s": round(f["tokens"] / t, 1), "padding": round(1 - f["tokens"] / f["positions"], 4)}
+    for mode in MODES[1:]:
+        out[f"ratio_{mode}_vs_padded"] = round(out[mode]["samples_per_s"] / out["padded"]["samples_per_s"], 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=480)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backbones", nargs="+", default=["tiny", "tiny_llava"])
+    args = parser.parse_args()
+    results: dict[str, Any] = {"samples": args.samples, "rounds": args.rounds, "batch_size": BATCH,
+                               "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        make_demo_amt(tmp, seed=0)
+        for name in args.backbones:
+            r = run(name, Path(tmp), args.samples, args.rounds)
+            results[name] = r
+            for mode in MODES:
+                f = r[mode]
+                print(f"{name:>10} {mode:>12}: {f['samples_per_s']:7.2f} samples/s {f['tokens_per_s']:9.1f} tokens/s "
+                      f"padding {100 * f['padding']:5.1f} %  {f['steps']} steps, {f['samples']} samples, {f['seconds']} s")
+            print(f"{name:>10} token_budget {r['ratio_token_budget_vs_padded']}x, packing "
+                  f"{r['ratio_packing_vs_padded']}x the padded samples/s (max_tokens {r['max_tokens_token_budget']} / "
+                  f"{r['max_tokens_packing']})")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
