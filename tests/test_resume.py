@@ -136,10 +136,12 @@ def test_resume_when_callbacks_are_restored_after_fit_start(small_amt: Path, tmp
     check_resume(small_amt, tmp_path, first=2, second=3, stop=4, restore_after_setup=True)
 
 
+@pytest.mark.parametrize("stop", [3, 5], ids=["mid-epoch", "epoch-end"])
 @pytest.mark.parametrize("packing", [False, True], ids=["token-budget", "packing"])
-def test_resume_with_token_budget_batches(small_amt: Path, tmp_path: Path, packing: bool) -> None:
-    # batches of varying rows under 700 tokens (rows of 60-400 tokens); stopped inside stage 2
-    check_resume(small_amt, tmp_path, first=2, second=3, stop=5, max_tokens=700, packing=packing, bucket_window=16)
+def test_resume_with_token_budget_batches(small_amt: Path, tmp_path: Path, packing: bool, stop: int) -> None:
+    # batches of 1-8 rows under 700 tokens (rows of 60-360 tokens): 1 + 4 + 3 batches (packed: 1 + 3 + 3);
+    # step 3 is inside stage 2's first epoch, step 5 ends it (token-budget) or starts the next one (packing)
+    check_resume(small_amt, tmp_path, first=2, second=3, stop=stop, max_tokens=700, packing=packing, bucket_window=16)
 
 
 @pytest.mark.slow
