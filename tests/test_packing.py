@@ -145,3 +145,30 @@ def test_the_train_loader_delivers_the_curriculum_batches(demo_amt: Path, packin
         assert out["sample_loss_sum"].shape == (len(batch["tasks"]),) and torch.isfinite(out["loss"])
     stats = c.batch_stats(0)
     assert stats["draws"] == c.plans[0].length and stats["positions"] >= stats["tokens"]
+
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "configs" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_llava"])
+def test_the_quickstart_batches_carry_at_most_ten_percent_padding(demo_amt: Path, name: str) -> None:
+    import yaml
+
+    from emoverse.curriculum import Curriculum, Stage
+
+    cfg = yaml.safe_load(QUICKSTART.read_text())
+    options = {k: v for k, v in cfg["data"]["init_args"].items() if k in ("max_tokens", "packing", "bucket_window")}
+    assert options.get("max_tokens"), "the quickstart trains on token-budget batches"
+    curriculum = Curriculum([Stage(**s) for s in cfg["curriculum"]["stages"]], seed=cfg["curriculum"]["seed"])
+    backbone = create_backbone(name)
+    data = AMTDataModule(str(demo_amt), processor=backbone.processor, tasks=TASKS, curriculum=curriculum, **options)
+    data.setup("fit")
+    for epoch in range(curriculum.total_epochs):
+        stats = curriculum.batch_stats(epoch)
+        assert 1 - stats["tokens"] / stats["positions"] <= 0.10, (epoch, stats)
+        assert stats["oversized"] == 0
+    # and the collated batches are what the plan counted
+    batch = next(iter(data.train_dataloader()))
+    planned = curriculum.batches(0)[0]
+    lengths = [data.datasets["train"].example_length(*p) for p in planned]
+    assert batch["inputs"]["input_ids"].shape == (len(planned), max(lengths))
