@@ -113,6 +113,67 @@ def run(backbone: str, amt: Path, samples: int, rounds: int) -> dict[str, Any]:
     return out
 
 
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+VISUAL_PER_FRAME = 256  # InternVL2: one 448 px tile per frame
+FRAMES = {"msa": 4, "mer": 4, "eri": 4, "ecpe": 4, "fer": 1}
+RESPONSE = {"msa": 2, "mer": 3, "fer": 24, "eri": 40, "ecpe": 12}  # typical answer tokens (+ end of turn)
+PAPER_STAGES = {"stage1": {"msa": 6, "fer": 3, "mer": 1}, "stage2": {"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}}
+
+
+def paper_shaped(tokenizer: Any, draws: int = 4000, seed: int = 0) -> dict[str, Any] | None:
+    """Padding of padded batch-8 rows against token-budget batches at no more steps, on rows shaped like the
+    paper's: 256 visual tokens per frame (4 frames, 1 for FER), the task template, the text of real MELD
+    utterances (utterance tasks) or real ECF 2.0 conversations (ECPE, every turn with its speaker), a typical
+    answer. Planning only (no model runs: a 2,000-token row does not train in reasonable time on this CPU);
+    None without ../shared/data."""
+    import csv
+
+    import numpy as np
+
+    from emoverse.amt.sources.ecf import read_ecf_json
+    from emoverse.curriculum._plan import largest_remainder, rng
+    from emoverse.curriculum.batching import plan_batches
+    from emoverse.tasks import get_task
+
+    meld, ecf = SHARED / "meld" / "train_sent_emo.csv", SHARED / "ecf" / "semeval2024_ecac" / "Subtask_1_train.json"
+    if not (meld.exists() and ecf.exists()):
+        return None
+
+    def n(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    with open(meld, encoding="utf-8") as f:
+        utterances = [n(row["Utterance"]) for row in csv.DictReader(f)]
+    conversations = [sum(n(f"{t.speaker}: {t.text}\n") for t in c.turns) for c in read_ecf_json(ecf)]
+    gen = np.random.default_rng(seed)
+    out: dict[str, Any] = {"source": "MELD train utterances + ECF 2.0 Subtask 1 train conversations"}
+    for stage, ratios in PAPER_STAGES.items():
+        names = sorted(ratios)
+        quotas = largest_remainder(draws, [ratios[t] for t in names])
+        lengths = []
+        for task, q in zip(names, quotas.tolist()):
+            text = conversations if task == "ecpe" else utterances
+            template = n(get_task(task).template)
+            picks = gen.choice(text, size=q)
+            lengths.append(FRAMES[task] * VISUAL_PER_FRAME + template + picks + RESPONSE[task])
+        lengths = np.concatenate(lengths)[gen.permutation(draws)]
+        padded = sum(int(lengths[i:i + BATCH].max()) * len(lengths[i:i + BATCH]) for i in range(0, draws, BATCH))
+        steps = -(-draws // BATCH)
+        lo, hi = 256, 1 << 17
+        while hi - lo > 16:  # the smallest budget with no more batches than the padded epoch
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if len(plan_batches(lengths, TokenBudget(mid), rng(seed, 1))) <= steps else (mid, hi)
+        batches = plan_batches(lengths, TokenBudget(hi), rng(seed, 1))
+        budget_positions = sum(int(lengths[b].max()) * len(b) for b in batches)
+        real = int(lengths.sum())
+        out[stage] = {"draws": draws, "rows_min": int(lengths.min()), "rows_median": int(np.median(lengths)),
+                      "rows_max": int(lengths.max()), "padded_padding": round(1 - real / padded, 4),
+                      "token_budget_max_tokens": hi, "token_budget_padding": round(1 - real / budget_positions, 4),
+                      "steps_padded": steps, "steps_token_budget": len(batches),
+                      "positions_ratio_padded_vs_packing": round(padded / real, 3)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=480)
@@ -133,6 +194,15 @@ def main() -> None:
             print(f"{name:>10} token_budget {r['ratio_token_budget_vs_padded']}x, packing "
                   f"{r['ratio_packing_vs_padded']}x the padded samples/s (max_tokens {r['max_tokens_token_budget']} / "
                   f"{r['max_tokens_packing']})")
+        paper = paper_shaped(module("tiny").processor.tokenizer)
+        if paper is not None:
+            results["paper_shaped"] = paper
+            for stage in PAPER_STAGES:
+                f = paper[stage]
+                print(f"paper-shaped {stage}: rows {f['rows_min']}-{f['rows_max']} (median {f['rows_median']}), padding "
+                      f"{100 * f['padded_padding']:.1f} % padded batch {BATCH} -> {100 * f['token_budget_padding']:.1f} % "
+                      f"token-budget ({f['token_budget_max_tokens']} tokens, {f['steps_token_budget']} vs "
+                      f"{f['steps_padded']} steps), 0 % packed")
     print(json.dumps(results))
 
 
