@@ -172,3 +172,24 @@ def test_the_quickstart_batches_carry_at_most_ten_percent_padding(demo_amt: Path
     planned = curriculum.batches(0)[0]
     lengths = [data.datasets["train"].example_length(*p) for p in planned]
     assert batch["inputs"]["input_ids"].shape == (len(planned), max(lengths))
+
+
+def test_frame_sizes_come_from_the_image_headers(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from emoverse.data.record import AMTLabels, AMTRecord
+    from emoverse.data.shards import write_shards
+
+    def jpeg(size: tuple[int, int], exif: bytes = b"") -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (90, 20, 10)).save(buf, format="JPEG", exif=exif)
+        return buf.getvalue()
+
+    # the second frame's size marker sits behind 20 kB of EXIF: past the header prefix, so the whole frame is read
+    frames = [jpeg((48, 32)), jpeg((40, 24), exif=b"Exif\x00\x00" + b"\x00" * 20000)]
+    record = AMTRecord(id="r0", source="meld", split="train", text="t", labels=AMTLabels(emotion="joy"), frames=frames)
+    write_shards([record], tmp_path, "train")
+    index = ShardIndex(tmp_path, "train")
+    assert index.frame_sizes(0) == [f.size for f in index.record(0).frames] == [(48, 32), (40, 24)]

@@ -68,6 +68,7 @@ class AMTDataset(torch.utils.data.Dataset):
                  num_frames: int = 4, seed: int = 0, system_prompt: str | None = None) -> None:
         self.index, self.tasks, self.processor = index, dict(tasks), processor
         self.num_frames, self.seed, self.system_prompt = num_frames, seed, system_prompt
+        self._frame_sizes: dict[int, list[tuple[int, int]]] = {}
         metas = [AMTRecord.from_metadata(e.meta, where=f"{index.paths[e.shard]} record {e.meta.get('id')}")
                  for e in index.entries]
         # the task names of each record's labels, plus a `source:<name>` tag for stages restricted to sources
@@ -97,7 +98,10 @@ class AMTDataset(torch.utils.data.Dataset):
         and its frames' sizes, read from the image headers: no frame is decoded.
         """
         record = self.index.record(i, with_frames=False)
-        frames = [_blank_frame(size) for size in self.index.frame_sizes(i)]
+        sizes = self._frame_sizes.get(i)
+        if sizes is None:  # once per record: its tasks show the same frames
+            sizes = self._frame_sizes[i] = self.index.frame_sizes(i)
+        frames = [_blank_frame(size) for size in sizes]
         record = dataclasses.replace(record, frames=frames)
         ex = make_example(record, self.tasks[task], self.processor, self.num_frames, self.seed, self.system_prompt)
         return (self.processor.prompt_length(ex["query"], ex["images"], self.system_prompt)
