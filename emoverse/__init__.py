@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "create_backbone": "emoverse.backbones",
     "list_backbones": "emoverse.backbones",
     "register_backbone": "emoverse.backbones",
+    "Curriculum": "emoverse.curriculum",
     "MultiStageCurriculum": "emoverse.curriculum",
     "Stage": "emoverse.curriculum",
     "TaskWeightedSampler": "emoverse.curriculum",

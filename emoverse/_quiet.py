@@ -15,6 +15,8 @@ NOISY_WARNINGS: tuple[str, ...] = (
     r"`is_gradient_checkpointing` is deprecated",
     # torch deprecates LeafSpec; Lightning's _pytree still uses it
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # torchdata's StatefulDataLoader (the train loader) calls a deprecated torch telemetry hook per iterator
+    r"'set_vital' is deprecated",
 )
 IMPORT_LOGS: dict[str, tuple[str, ...]] = {
     # bitsandbytes tries to load optional CPU kernels (the `kernels` package) when it is imported, and

@@ -85,6 +85,7 @@ class ResumableCheckpoint(Checkpoint):
         self._previous_handlers: dict[int, Any] = {}
         self._pending_rng: list[dict[str, Any]] | None = None  # every rank's mid-epoch RNG state, restored at the next batch
         self._epoch_end = False  # is a checkpoint being written at an epoch's end?
+        self._last_batch = -1  # index of the epoch's last finished batch
         self._base_seed: int | None = None
 
     # where --------------------------------------------------------------------------------------
@@ -136,10 +137,12 @@ class ResumableCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self._last_batch = batch_idx
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # an epoch's last batch: saved in on_train_epoch_end, the point Lightning resumes an epoch end from
         step = trainer.global_step
-        final = 0 < trainer.max_steps <= step  # max_steps ends the run mid-epoch
+        # the run ends mid-epoch: max_steps, or a stop decided before this hook (checkpoints' hooks run last)
+        final = 0 < trainer.max_steps <= step or trainer.should_stop
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         signalled = self._signalled(trainer)
         interval = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
@@ -155,6 +158,12 @@ class ResumableCheckpoint(Checkpoint):
         # After the epoch's validation: resumed from here, Lightning starts the next epoch whatever its length
         # (a checkpoint of the last batch's end would count that epoch's batches against the next one's).
         step, signalled = trainer.global_step, self._signalled(trainer)
+        if self._last_batch + 1 < trainer.num_training_batches:
+            # the epoch was cut short (should_stop, max_steps): resumed from here, Lightning would take it as
+            # finished; its batch-end checkpoint (written above) is where it resumes
+            if signalled:
+                raise TrainingInterrupted(self._signal or signal.SIGTERM, step, self.last_path)
+            return
         self._epoch_end = True  # the next epoch re-seeds: no RNG state to keep
         try:
             if self.keep_epoch_ends:  # the kept copy first, so last.ckpt is the newest file

@@ -16,6 +16,7 @@ from torch import nn
 from emoverse import evaluation
 from emoverse.backbones import Backbone, BackboneProcessor, create_backbone
 from emoverse.curriculum.curriculum import Curriculum
+from emoverse.curriculum.stage import Stage
 from emoverse.data.record import Utterance
 from emoverse.evaluation import SPLITS
 from emoverse.schedule import StageSchedule
@@ -25,6 +26,8 @@ from emoverse.tasks.base import Task
 DEFAULT_TASKS = ["msa", "mer", "fer", "eri", "ecpe"]
 TRAINED_KEY = "emoverse_trained"
 """Checkpoint entry: every weight that has trained so far (a stage may have trained the vision encoder)."""
+GRPO_REFERENCE_KEY = "emoverse_grpo_reference"
+"""Checkpoint entry: a GRPO stage's stage-start reference weights (`GRPOSettings.reference: stage_start`)."""
 _PYTHON_BUILT = "python-object:"
 
 
@@ -88,13 +91,21 @@ class EmoVerseModule(pl.LightningModule):
         self.backbone = create_backbone(backbone, **(backbone_args or {})) if isinstance(backbone, str) else backbone
         self.backbone.add_lora(lora_r, lora_alpha, lora_dropout, lora_targets, gradient_checkpointing)
         self._ever_trained: set[str] = set()
+        self._before_restore: set[str] | None = None  # the trainable names while a strategy restores after setup
         self.curriculum = curriculum
         self.set_trainable(_initial_parts(trainable, curriculum))
+        self._record_trained()
         self.tasks: dict[str, Task] = {t: get_task(t, **(task_args or {}).get(t, {})) for t in tasks}
+        if curriculum is not None:
+            from emoverse.grpo import check_grpo_stages
+
+            check_grpo_stages(curriculum.stages, self.tasks, self.backbone)
         self.metrics = nn.ModuleDict({f"{split}_{t}": task.new_metric() for split in SPLITS
                                       for t, task in self.tasks.items()})
         self._predictions: IO[str] | None = None
         self.predictions_file: str | None = None
+        self._grpo_reference: tuple[int, dict[str, torch.Tensor]] | None = None
+        """(stage index, weights) of a GRPO stage whose reference is its start ("stage_start")."""
 
     @property
     def processor(self) -> BackboneProcessor:
@@ -107,13 +118,49 @@ class EmoVerseModule(pl.LightningModule):
 
     def set_trainable(self, parts: Collection[str]) -> list[nn.Parameter]:
         """Train exactly `parts` ("projector", "lora", "vision"); returns newly trainable parameters."""
-        newly = self.backbone.set_trainable(list(parts))
+        return self.backbone.set_trainable(list(parts))
+
+    def on_fit_start(self) -> None:
+        # Strategies that restore after setup (FSDP2, DeepSpeed) load the optimizer state right after this
+        # hook and skip parameters that do not require grad: every part the optimizer holds trains while
+        # they load, so a part a later stage trained keeps its state (the stage's parts are set again at
+        # its first batch; see on_train_start for parts that never trained).
+        if self.trainer.strategy.restore_checkpoint_after_setup:
+            self._before_restore = {n for n, p in self.named_parameters() if p.requires_grad}
+            self.set_trainable(self._optimizer_parts())
+
+    def on_train_start(self) -> None:
+        before, self._before_restore = self._before_restore, None
+        if before is None:
+            return
+        # torch.distributed.checkpoint initialises the state of every trainable parameter with a zero
+        # step before loading; a parameter that never trained must start its Adam moments (and bias
+        # correction) from nothing, as in a run that was never stopped
+        for name, param in self.named_parameters():
+            if name not in self._ever_trained:
+                for optimizer in self.trainer.optimizers:
+                    optimizer.state.pop(param, None)
+            param.requires_grad_(name in before)
+
+    def _optimizer_parts(self) -> list[str]:
+        """The parts the optimizer holds: every part some stage trains (or `trainable`)."""
+        if self.curriculum is not None:
+            return self.curriculum.parts
+        return list(self.hparams.trainable or _DEFAULT_PARTS)
+
+    def _record_trained(self) -> None:
         self._ever_trained |= {n for n, p in self.named_parameters() if p.requires_grad}
-        return newly
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._record_trained()  # what an optimizer step updates goes into the checkpoints
 
     # steps -----------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.curriculum is not None:
+            stage = self.curriculum.stages[self.curriculum.stage_of(self.trainer.current_epoch)]
+            if stage.objective == "grpo":
+                return self._grpo_training_step(batch, stage)
         out = self(batch)
         n = len(batch["tasks"])
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
@@ -123,6 +170,27 @@ class EmoVerseModule(pl.LightningModule):
             self.log(f"train/{task}/loss", task_loss, batch_size=int(rows.sum()))
         if batch["num_truncated"]:
             self.log("train/truncated", float(batch["num_truncated"]), reduce_fx="sum", batch_size=n)
+        return out["loss"]
+
+    def _grpo_training_step(self, batch: dict[str, Any], stage: Stage) -> torch.Tensor:
+        """Sample, reward and score a group batch (`emoverse.grpo.grpo_step`); log what the stage does."""
+        from emoverse.grpo import grpo_step, log_grpo
+
+        if "group_size" not in batch:
+            raise ValueError(f"stage {stage.name!r} trains with GRPO but its batches are not group batches (no "
+                             "'group_size', 'records'); its train loader must collate with emoverse.data.grpo."
+                             "GroupCollator (AMTDataModule does)")
+        reference = None
+        if stage.grpo.reference == "stage_start":
+            from emoverse.grpo import snapshot, swapped_weights
+
+            index = self.curriculum.stages.index(stage)
+            if self._grpo_reference is None or self._grpo_reference[0] != index:
+                self._grpo_reference = (index, snapshot(self))  # the stage's first step (restored on resume)
+            weights = self._grpo_reference[1]
+            reference = lambda: swapped_weights(self, weights)  # noqa: E731
+        out = grpo_step(self.backbone, batch, self.tasks, stage.grpo, reference)
+        log_grpo(self, batch, out)
         return out["loss"]
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> list[dict[str, Any]]:
@@ -233,8 +301,7 @@ class EmoVerseModule(pl.LightningModule):
         """AdamW with one param group per part that ever trains (frozen ones get no gradient, so no
         update and no state), and one `LambdaLR`: warm-up + cosine times each stage's lr factor.
         Built once: stage changes only set `requires_grad`, so no optimizer state is ever rebuilt."""
-        parts = self.curriculum.parts if self.curriculum is not None else self.hparams.trainable or list(_DEFAULT_PARTS)
-        groups = [{"params": self.backbone.part_parameters(part), "name": part} for part in parts]
+        groups = [{"params": self.backbone.part_parameters(part), "name": part} for part in self._optimizer_parts()]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay)
         schedule = self._schedule()
@@ -259,7 +326,12 @@ class EmoVerseModule(pl.LightningModule):
         per_epoch = self.curriculum.optimizer_steps(trainer.accumulate_grad_batches)
         scales = [(stage.lr or self.hparams.lr) / self.hparams.lr for stage in self.curriculum.stages]
         stage_of_epoch = [self.curriculum.stage_of(e) for e in range(len(per_epoch))]
-        return StageSchedule(max(total or sum(per_epoch), 1), warmup, per_epoch, [scales[s] for s in stage_of_epoch])
+        starts = [sum(per_epoch[:e]) for e in range(len(per_epoch) + 1)]
+        first = {s: starts[stage_of_epoch.index(s)] for s in set(stage_of_epoch)}
+        end = {s: starts[len(stage_of_epoch) - stage_of_epoch[::-1].index(s)] for s in set(stage_of_epoch)}
+        spans = [(first[s], end[s]) if self.curriculum.stages[s].schedule == "stage" else None for s in stage_of_epoch]
+        return StageSchedule(max(total or sum(per_epoch), 1), warmup, per_epoch, [scales[s] for s in stage_of_epoch],
+                             spans)
 
     def trainable_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The weights that train or have trained (projector, LoRA, vision if a stage trained it)."""
@@ -269,6 +341,8 @@ class EmoVerseModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict(checkpoint["state_dict"])
         checkpoint[TRAINED_KEY] = sorted(self._ever_trained)
+        if self._grpo_reference is not None:  # a GRPO stage's reference: the weights it started from
+            checkpoint[GRPO_REFERENCE_KEY] = {"stage": self._grpo_reference[0], "weights": self._grpo_reference[1]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check a trainable-only checkpoint against this model and complete it with the frozen weights.
@@ -277,7 +351,11 @@ class EmoVerseModule(pl.LightningModule):
             ValueError: a weight the checkpoint trained is missing, or it holds weights this backbone
                 does not have (a checkpoint of another backbone).
         """
+        reference = checkpoint.get(GRPO_REFERENCE_KEY)
+        if reference is not None:
+            self._grpo_reference = (int(reference["stage"]), dict(reference["weights"]))
         if "state_dict" not in checkpoint:  # ModelParallelStrategy has loaded the weights itself
+            self._ever_trained |= set(checkpoint.get(TRAINED_KEY, ()))
             return
         state = checkpoint["state_dict"]
         own = self.state_dict()

@@ -20,26 +20,41 @@ class StageSchedule:
         warmup_ratio: share of `total` spent warming up.
         epoch_steps: optimizer steps of each epoch (empty: one factor for the whole run).
         epoch_scales: the lr factor of each epoch (its stage's `lr` / the module's `lr`).
+        epoch_spans: per epoch, None (the run's curve) or the `(first, end)` optimizer steps of its stage
+            when the stage has a warm-up + cosine of its own over them (`Stage(schedule="stage")`).
     """
 
     def __init__(self, total: int, warmup_ratio: float, epoch_steps: Sequence[int] = (),
-                 epoch_scales: Sequence[float] = ()) -> None:
+                 epoch_scales: Sequence[float] = (), epoch_spans: Sequence[tuple[int, int] | None] = ()) -> None:
         if len(epoch_steps) != len(epoch_scales):
             raise ValueError(f"StageSchedule: {len(epoch_steps)} epoch lengths but {len(epoch_scales)} scales")
-        self.total, self.warmup = total, int(warmup_ratio * total)
+        if epoch_spans and len(epoch_spans) != len(epoch_steps):
+            raise ValueError(f"StageSchedule: {len(epoch_steps)} epoch lengths but {len(epoch_spans)} spans")
+        self.total, self.warmup, self.warmup_ratio = total, int(warmup_ratio * total), warmup_ratio
         self.ends = [sum(epoch_steps[: i + 1]) for i in range(len(epoch_steps))]  # first step after each epoch
         self.scales = list(epoch_scales)
+        self.spans = [tuple(s) if s is not None else None for s in epoch_spans]
+
+    def _epoch(self, step: int) -> int:
+        return min(bisect.bisect_right(self.ends, step), len(self.scales) - 1)
 
     def scale(self, step: int) -> float:
         """The stage lr factor of optimizer step `step` (0-based)."""
         if not self.scales:
             return 1.0
-        return self.scales[min(bisect.bisect_right(self.ends, step), len(self.scales) - 1)]
+        return self.scales[self._epoch(step)]
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            curve = step / max(1, self.warmup)
-        else:
-            progress = (step - self.warmup) / max(1, self.total - self.warmup)
-            curve = max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-        return curve * self.scale(step)
+        span = self.spans[self._epoch(step)] if self.spans and self.scales else None
+        if span is not None:  # a stage with a curve of its own
+            first, end = span
+            return _curve(step - first, end - first, int(self.warmup_ratio * (end - first))) * self.scale(step)
+        return _curve(step, self.total, self.warmup) * self.scale(step)
+
+
+def _curve(step: int, total: int, warmup: int) -> float:
+    """transformers' `get_cosine_schedule_with_warmup` factor at `step` of `total`."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -75,12 +75,13 @@ class ToyModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def fit(tmp_path: Path, ckpt: str | None = None, stop: int | None = None) -> tuple[ToyModule, pl.Trainer]:
+def fit(tmp_path: Path, ckpt: str | None = None, stop: int | None = None, graceful: bool = False
+        ) -> tuple[ToyModule, pl.Trainer]:
     module, curriculum = ToyModule(), Curriculum(STAGES, seed=5)
     callbacks: list[pl.Callback] = [MultiStageCurriculum(curriculum),
                                     ResumableCheckpoint(str(tmp_path), every_n_train_steps=stop or 0, handle_signals=False)]
     if stop:
-        callbacks.append(StopAt(stop))
+        callbacks.append(StopAt(stop, graceful))
     trainer = pl.Trainer(
         max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
         accelerator="cpu", devices=1, default_root_dir=tmp_path, reload_dataloaders_every_n_epochs=1,
@@ -94,12 +95,16 @@ class Stopped(Exception):
 
 
 class StopAt(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, graceful: bool) -> None:
+        self.step, self.graceful = step, graceful
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and not self.graceful:
             raise Stopped  # as a crash or a pre-empted job would
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.graceful:
+            trainer.should_stop = True  # as EarlyStopping or a time limit would, mid-epoch
 
 
 def test_stages_switch_parts_and_mix(tmp_path):
@@ -120,6 +125,17 @@ def test_resume_continues_the_sequence(tmp_path, stop):
     full, _ = fit(tmp_path / "full")
     with pytest.raises(Stopped):
         fit(tmp_path / "stopped", stop=stop)
+    resumed, _ = fit(tmp_path / "resumed", ckpt=str(tmp_path / "stopped" / "last.ckpt"))
+    assert resumed.pairs == full.pairs[stop * BATCH :]
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_run_stopped_mid_epoch_by_should_stop_resumes_mid_epoch(tmp_path):
+    # the epoch ends early, so no epoch-end checkpoint may claim it finished
+    stop = 15
+    full, _ = fit(tmp_path / "full")
+    fit(tmp_path / "stopped", stop=stop, graceful=True)
     resumed, _ = fit(tmp_path / "resumed", ckpt=str(tmp_path / "stopped" / "last.ckpt"))
     assert resumed.pairs == full.pairs[stop * BATCH :]
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):

@@ -42,7 +42,11 @@ def test_round_trip_restores_trained_weights_without_warnings(tmp_path: Path) ->
 
 def test_parts_a_stage_trained_are_remembered_across_a_resume(tmp_path: Path) -> None:
     a = perturbed()
+    a.set_trainable(["projector", "lora", "vision"])   # trainable, but no optimizer step yet: not in checkpoints
+    a.set_trainable(["projector", "lora"])
+    assert not [k for k in a.trainable_state_dict() if ".vision." in k]
     a.set_trainable(["projector", "lora", "vision"])   # a stage trained the vision encoder ...
+    a.on_before_optimizer_step(None)                   # (Lightning calls this before every optimizer step)
     a.set_trainable(["projector", "lora"])             # ... and the next froze it again
     ckpt = torch.load(save(a, tmp_path / "a.ckpt"), weights_only=True)
     vision = [k for k in ckpt["state_dict"] if ".vision." in k]

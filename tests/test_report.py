@@ -125,6 +125,22 @@ def make_run(root: Path, stages_reached: int = 2, predictions: list[dict] | None
     return root
 
 
+def test_a_grpo_stage_gets_its_own_figure(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    grpo = [{"epoch": 4, "step": 60 + k, "train/loss": 0.1, "train/grpo/reward": 0.2 + k / 20, "train/mer/reward": 0.3,
+             "train/msa/reward": 0.1 + k / 10, "train/grpo/reward_std": 0.2, "train/grpo/kl": k / 100,
+             "train/grpo/answer_length": 3.0, "train/grpo/unparsed": 0.1} for k in range(6)]
+    write_csv(run / "metrics.csv", rows + grpo)
+    page = check_page(write_report(run))
+    assert "grpo" in {Path(src).stem for src in page.images}
+    # a run without one says so in a plain line, not as a gap
+    other = check_page(write_report(make_run(tmp_path / "sft")))
+    assert "grpo" not in {Path(src).stem for src in other.images}
+    assert "No reinforcement stage in this run" in (tmp_path / "sft" / "report.html").read_text()
+
+
 def test_every_section_from_a_complete_run(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     page = check_page(write_report(run))

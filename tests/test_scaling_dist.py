@@ -201,8 +201,7 @@ def test_stop_and_resume(strategy: str, stop: int, amt: Path, tmp_path: Path) ->
     assert ckpt.exists(), sorted(p.name for p in (tmp_path / "stopped").iterdir())
     resumed = run(strategy, amt, tmp_path / "resumed", ckpt=ckpt, dropout=0.1)
     assert pairs_by_step(resumed) == pairs_by_step(full)[stop:]
-    for a, b in zip(global_losses(full)[stop:], global_losses(resumed), strict=True):
-        assert a == pytest.approx(b, rel=1e-5)  # the same dropout masks on every rank
+    assert global_losses(resumed) == pytest.approx(global_losses(full)[stop:], rel=1e-5)  # the same dropout masks
     assert resumed["weights"].keys() == full["weights"].keys() and full["weights"]
     assert any(".vision." in name for name in full["weights"])
     for name, value in full["weights"].items():

@@ -178,3 +178,14 @@ def test_sampler_follows_the_epoch_lightning_announces():
     assert list(s) == c.batches(0, 0) and len(s) == c.epoch_batches(0)
     s.set_epoch(2)
     assert (s.stage, len(s), list(s)) == (1, c.epoch_batches(2), c.batches(2, 0))
+
+
+def test_a_grpo_stage_keeps_batch_size_batches_under_a_budget():
+    stages = [STAGES[0], Stage(name="rl", ratios={"mer": 1, "msa": 1}, budget="remaining", objective="grpo")]
+    c = Curriculum(stages, seed=5)
+    c.bind(RECORDS, batch_size=4, budget=TokenBudget(max_tokens=1000), lengths=fake_length)
+    assert [c.token_batches(e) for e in range(3)] == [True, True, False]
+    assert c.optimizer_steps()[2] == -(-c.epoch_length(2) // 4)
+    assert c.optimizer_steps()[0] == c.epoch_batches(0) == len(c.batches(0))
+    with pytest.raises(RuntimeError, match="GRPO"):
+        c.batches(2)

@@ -15,6 +15,7 @@ import functools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,19 @@ Part = Literal["vision", "projector", "language_model"]
 TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision")
 IGNORE_INDEX = -100
 _SENTINEL = "\x00EMOVERSE\x00"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How `Backbone.generate_ids` samples instead of decoding greedily.
+
+    Attributes:
+        temperature: divides the logits (> 0).
+        top_p: nucleus mass kept, in (0, 1].
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
 
 
 class PromptTooLong(ValueError):
@@ -148,6 +162,14 @@ class BackboneProcessor(ABC):
             raise ValueError("the chat template writes no end-of-turn token after an answer and the tokenizer has no "
                              "eos token: set tokenizer.eos_token or generation_config.eos_token_id")
         return [*turn_end, self.eos_ids[0] if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id]
+
+    @functools.cached_property
+    def unsampled_ids(self) -> list[int]:
+        """Special tokens sampling never draws (all but `stop_ids`): a sampled image placeholder or chat marker
+        would be read as one when the answer is fed back for training (a GRPO step)."""
+        tok = self.tokenizer
+        special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+        return sorted(special - set(self.stop_ids))
 
     @property
     def stop_ids(self) -> list[int]:
@@ -340,16 +362,28 @@ class Backbone(nn.Module, ABC):
         """
         return self.core(**self.cast_inputs(inputs), logits_to_keep=keep, use_cache=False).logits
 
-    def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        """Greedy, KV-cached generation from left-padded prompts: the new token ids `[B, T]`.
+    def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int,
+                     sampling: Sampling | None = None) -> torch.Tensor:
+        """KV-cached generation from left-padded prompts: the new token ids `[B, T]`, greedy, or sampled
+        with `sampling` (temperature, top-p; from the global torch RNG, which checkpoints restore).
+        A row that ended early is padded with `processor.pad_id` after its stop token.
 
         The default calls `core.generate(**inputs, ...)`, the transformers convention (the output
         starts with the prompt).
         """
         proc = self.processor
-        out = self.core.generate(**self.cast_inputs(inputs), max_new_tokens=max_new_tokens, do_sample=False,
-                                 use_cache=True, eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id)
+        how: dict[str, Any] = {"do_sample": False}
+        if sampling is not None:  # top_k=0 turns off the top-k filter a generation_config may set
+            how = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+                   "suppress_tokens": proc.unsampled_ids}
+        out = self.core.generate(**self.cast_inputs(inputs), max_new_tokens=max_new_tokens, use_cache=True,
+                                 eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id, **how)
         return out[:, inputs["input_ids"].shape[1]:]
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether `generate_ids` can sample (a reinforcement stage needs it): the model has a `generate`."""
+        return callable(getattr(self.core, "generate", None))
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Write the model with LoRA merged as a folder `transformers` loads (`emoverse export`)."""

@@ -147,6 +147,11 @@ class Curriculum:
 
     # token-budget batches ---------------------------------------------------------------------
 
+    def token_batches(self, epoch: int) -> bool:
+        """Whether epoch `epoch` is cut into token-budget batches: bound with a budget and a supervised stage
+        (a GRPO stage batches `batch_size` prompts, each sampled `group_size` times)."""
+        return self.budget is not None and self.stages[self.stage_of(epoch)].objective != "grpo"
+
     def batches(self, epoch: int, rank: int = 0) -> list[list[tuple[int, str]]]:
         """With a token budget: the batches of (record index, task) pairs rank `rank` takes in global epoch `epoch`."""
         if not 0 <= rank < self.num_replicas:
@@ -155,7 +160,7 @@ class Curriculum:
 
     def epoch_batches(self, epoch: int) -> int:
         """Training batches of one rank in global epoch `epoch` (the same on every rank)."""
-        if self.budget is None:
+        if not self.token_batches(epoch):
             return -(-self.epoch_length(epoch) // self.batch_size)
         return len(self._epoch_batches(epoch)[0]) // self.num_replicas
 
@@ -180,8 +185,9 @@ class Curriculum:
         return out
 
     def _epoch_batches(self, epoch: int) -> tuple[list[list[tuple[int, str]]], dict[str, int]]:
-        if self.budget is None:
-            raise RuntimeError("Curriculum: not bound with a token budget; batches follow `batch_size`")
+        if not self.token_batches(epoch):
+            raise RuntimeError(f"Curriculum: epoch {epoch} has no token-budget batches (no budget bound, or a GRPO "
+                               "stage); its batches follow `batch_size`")
         stage, stage_epoch = self.stage_of(epoch), self.stage_epoch(epoch)
         key = (stage, stage_epoch)
         if key not in self._batches:
@@ -233,9 +239,7 @@ class Curriculum:
 
     def loader_lengths(self) -> list[int]:
         """Length of each global epoch's train loader on one rank: draws, or batches with a token budget."""
-        if self.budget is None:
-            return [self.epoch_length(e) for e in range(self.total_epochs)]
-        return [self.epoch_batches(e) for e in range(self.total_epochs)]
+        return [self.epoch_batches(e) if self.token_batches(e) else self.epoch_length(e) for e in range(self.total_epochs)]
 
     def quotas(self, stage: int) -> dict[str, int]:
         """Draws per task in one epoch of `stage`, over all ranks."""

@@ -12,6 +12,7 @@ _EXPORTS: dict[str, str] = {
     "AMTCollator": "emoverse.data.collator",
     "AMTDataModule": "emoverse.data.datamodule",
     "AMTDataset": "emoverse.data.dataset",
+    "GroupCollator": "emoverse.data.grpo",
     "make_demo_amt": "emoverse.data.demo",
     "EMOTIONS": "emoverse.data.record",
     "AMTLabels": "emoverse.data.record",

@@ -28,7 +28,7 @@ SECTIONS: dict[str, str] = {
     "summary": "Run", "loss": "Training loss", "task-mix": "Task mix per stage",
     "validation": "Validation metrics per task", "headline": "Test metrics", "mer": "MER: emotions",
     "msa": "MSA: sentiment", "ecpe": "ECPE: emotion-cause pairs", "samples": "FER and ERI: sample answers",
-    "unparsed": "Unparsed answers per task",
+    "unparsed": "Unparsed answers per task", "reinforcement": "Reinforcement (GRPO stage)",
 }
 """Section id -> heading, in page order (every page has all of them)."""
 STYLE = """
@@ -74,6 +74,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         "ecpe": lambda: _ecpe(page, run),
         "samples": lambda: _samples(run),
         "unparsed": lambda: _unparsed(run),
+        "reinforcement": lambda: _reinforcement(page, training, stages),
     }
     for section, build in builders.items():
         try:
@@ -141,6 +142,13 @@ def _loss(page: _Page, training: Run | None, stages: list[StageView]) -> list[st
     if len(stages) > 1 and not any(s.first_step for s in stages[1:]):
         body.append(_missing(f"the run stopped in stage 1 ({stages[0].name}): no later stage was reached"))
     return body
+
+
+def _reinforcement(page: _Page, training: Run | None, stages: list[StageView]) -> list[str]:
+    fig = plots.grpo_figure(training, stages) if training is not None else None
+    if fig is None:  # most runs have no GRPO stage: a plain note, not a gap
+        return ["<p>No reinforcement stage in this run (no train/grpo/* values; docs/grpo.md).</p>"]
+    return [page.image(fig, "grpo", "GRPO stage: reward, reward std, KL, answer length, unparsed share")]
 
 
 def _task_mix(page: _Page, stages: list[StageView]) -> list[str]:

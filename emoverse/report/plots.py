@@ -63,6 +63,36 @@ def loss_figure(run: Run, stages: Sequence[StageView]) -> Figure:
     return fig
 
 
+GRPO_PANELS = (("reward", "mean reward (per task: thin)"), ("reward_std", "reward std within groups"),
+               ("kl", "KL to the reference (per token)"), ("answer_length", "answer length (tokens)"),
+               ("unparsed", "share of unparsed answers"))
+
+
+def grpo_figure(run: Run, stages: Sequence[StageView]) -> Figure | None:
+    """A GRPO stage's `train/grpo/*` series against the step (per-task rewards beside the mean); None without one."""
+    if not run.columns("train/grpo/"):
+        return None
+    fig, axes = plt.subplots(1, len(GRPO_PANELS), figsize=(3.4 * len(GRPO_PANELS), 3.0), squeeze=False)
+    rewards = sorted(c for c in run.columns("train/") if c.endswith("/reward") and not c.startswith("train/grpo/"))
+    for ax, (key, title) in zip(axes[0], GRPO_PANELS):
+        steps, values = run.series(f"train/grpo/{key}")
+        if key == "reward":
+            for column in rewards:
+                s, v = run.series(column)
+                ax.plot(s, v, lw=1.0, label=column.split("/")[1], marker="." if len(s) < 30 else None)
+        ax.plot(steps, values, lw=2.0, color="black", label="mean" if key == "reward" else None,
+                marker="." if len(steps) < 30 else None)
+        if steps:
+            ax.set_xlim(min(steps), max(steps) + 1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if key == "reward":
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def _spread(run: Run, columns: Sequence[str]) -> float:
     values = [v for c in columns for v in run.series(c)[1] if v > 0]
     return max(values) / min(values) if values else 1.0

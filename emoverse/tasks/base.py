@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from torchmetrics import Metric
@@ -21,15 +22,23 @@ class Task(ABC):
     `update_metric(metric, predictions, [task.target(r) for r in records])` on a metric from
     `new_metric()`; `metric.compute()` gives flat `{name: Tensor}` scores including `unparsed`.
 
+    Reinforcement (`Stage(objective="grpo")`) scores each sampled answer with `reward`, through the
+    same `parse` and `target` evaluation uses: a task that implements `reward_terms` has a reward.
+
     Attributes:
         name: registry name ("msa", "mer", "fer", "eri", "ecpe").
         media: which frames the prompt shows: "video" (up to N frames) or "peak" (the peak frame).
         max_new_tokens: generation budget at evaluation.
+        default_reward_weights: the weight of each reward term ("format": the answer parses, plus the
+            task's `reward_terms`); `reward_weights` (a constructor argument of the built-in tasks)
+            overrides some of them.
     """
 
     name: ClassVar[str]
     media: ClassVar[Literal["video", "peak"]] = "video"
     max_new_tokens: int = 16
+    default_reward_weights: ClassVar[Mapping[str, float]] = {"format": 0.1, "correct": 1.0}
+    reward_weights: dict[str, float] | None = None
 
     @abstractmethod
     def has_label(self, record: AMTRecord) -> bool:
@@ -81,10 +90,63 @@ class Task(ABC):
         """
         return self.parse(text)
 
+    # reinforcement -----------------------------------------------------------------------------
+
+    def reward_terms(self, prediction: Any, target: Any) -> dict[str, float]:
+        """The correctness terms of a parsed answer against the gold `target` (each in [0, 1]), by name;
+        `reward` weighs them. Tasks without it have no reward (a GRPO stage refuses them)."""
+        raise NotImplementedError(f"task {self.name!r} has no reward: implement {type(self).__name__}.reward_terms")
+
+    @property
+    def has_reward(self) -> bool:
+        """Whether this task implements `reward_terms` (what a GRPO stage needs)."""
+        return type(self).reward_terms is not Task.reward_terms
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The reward weights in use: `default_reward_weights` updated by `reward_weights`."""
+        return {**self.default_reward_weights, **(self.reward_weights or {})}
+
+    def reward(self, text: str, record: AMTRecord) -> float:
+        """The reward of answer `text` to `record`: 0 when it does not parse (`parse` is None), else
+        `weights["format"]` plus each correctness term (`reward_terms(parse(text), target(record))`)
+        times its weight; evaluation reads the same parse and target, so what is reinforced is what is
+        reported.
+
+        Raises:
+            ValueError: `record` has no label for this task.
+        """
+        target = self.target(record)
+        prediction = self.parse(text, record)
+        if prediction is None:
+            return 0.0
+        weights = self.weights
+        return weights["format"] + sum(weights[k] * v for k, v in self.reward_terms(prediction, target).items())
+
     def check_label(self, record: AMTRecord) -> None:
         """Raise `ValueError` unless `record` carries this task's label (`has_label`)."""
         if not self.has_label(record):
             raise ValueError(f"record {record.id!r} has no label for task {self.name!r}; pair it only with tasks whose has_label() is true")
+
+
+def check_reward_weights(weights: Mapping[str, float] | None, owner: str,
+                         defaults: Mapping[str, float]) -> dict[str, float] | None:
+    """Validate `reward_weights`: known terms (`defaults`' keys), finite and >= 0.
+
+    Returns:
+        `weights` as a dict (None stays None).
+    """
+    if weights is None:
+        return None
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"{owner}: reward_weights={weights!r}, expected a mapping term -> weight")
+    unknown = sorted(set(weights) - set(defaults))
+    if unknown:
+        raise ValueError(f"{owner}: reward_weights has unknown term(s) {unknown}; expected some of {sorted(defaults)}")
+    for term, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"{owner}: reward_weights[{term!r}]={w!r}, expected a finite float >= 0")
+    return {k: float(v) for k, v in weights.items()}
 
 
 def check_template(template: str, owner: str, allowed: frozenset[str], required: frozenset[str] = frozenset()) -> str:

@@ -14,8 +14,8 @@ from torchmetrics import Metric
 from emoverse.data.record import AMTRecord
 from emoverse.metrics import ECPEPairF1
 from emoverse.metrics._utils import check_same_length
-from emoverse.metrics.ecpe import COMPAT_MODES, Compat
-from emoverse.tasks.base import Task, check_template
+from emoverse.metrics.ecpe import COMPAT_MODES, SCORED_EMOTIONS, Compat
+from emoverse.tasks.base import Task, check_reward_weights, check_template
 from emoverse.tasks.parsing import (
     EMOTION_SYNONYMS,
     find_indices,
@@ -101,12 +101,17 @@ class ECPE(Task):
       outside 1..target turn and unknown emotion words are dropped and counted
       (`ECPEAnswer.ignored`); pairs are de-duplicated; anything else is `None`.
 
+    Reward terms: `correct`, the pair F1 of the answer's pairs against the utterance's gold pairs
+    (pairs as `ECPEPairF1` counts them: (emotion turn, cause turn, emotion), neutral ones left out);
+    1 when both are empty (a right "no cause" answer).
+
     Args:
         template: the query, with `{conversation}`, `{candidates}` and `{target}`.
         include_target_in_candidates: list every turn shown (1..target, or the whole conversation)
             as candidates, and parse causes up to the last turn shown (self-causes are common
             in ECF); `False` lists 1..target-1 like the released EmoVerse data.
         compat: how `ECPEPairF1` treats utterances without gold cause (see there).
+        reward_weights: weights of the reward terms `format` and `correct` (default 0.1, 1.0).
     """
 
     name = "ecpe"
@@ -118,6 +123,7 @@ class ECPE(Task):
         template: str = ECPE_TEMPLATE,
         include_target_in_candidates: bool = True,
         compat: Compat = "semeval",
+        reward_weights: dict[str, float] | None = None,
     ) -> None:
         fields = frozenset({"conversation", "candidates", "target"})
         self.template = check_template(template, "ECPE.template", fields, fields)
@@ -125,6 +131,7 @@ class ECPE(Task):
         if compat not in COMPAT_MODES:
             raise ValueError(f"ECPE.compat={compat!r}: expected one of {COMPAT_MODES}")
         self.compat = compat
+        self.reward_weights = check_reward_weights(reward_weights, "ECPE", self.default_reward_weights)
 
     def has_label(self, record: AMTRecord) -> bool:
         return (
@@ -171,6 +178,15 @@ class ECPE(Task):
         pairs = [[e, c, emotion] for e, c, emotion in record.labels.cause_pairs]
         return {"dialogue_id": record.dialogue_id, "turn": record.turn, "last_turn": last_turn(record),
                 "emotion": record.labels.emotion, "pairs": pairs}
+
+    def reward_terms(self, prediction: ECPEAnswer, target: Mapping[str, Any]) -> dict[str, float]:
+        scored = set(SCORED_EMOTIONS)
+        pred = {(e, c, emo) for e, c, emo in prediction.pairs if emo in scored}
+        gold = {(int(e), int(c), emo) for e, c, emo in target["pairs"] if emo in scored}
+        if not pred and not gold:
+            return {"correct": 1.0}
+        hits = len(pred & gold)
+        return {"correct": 2 * hits / (len(pred) + len(gold))}
 
     def new_metric(self) -> Metric:
         return ECPEAnswerF1(compat=self.compat)

@@ -23,5 +23,5 @@ class ERI(FreeTextTask):
     media = "video"
     label_field = "reason"
 
-    def __init__(self, template: str = ERI_TEMPLATE) -> None:
-        super().__init__(template)
+    def __init__(self, template: str = ERI_TEMPLATE, reward_weights: dict[str, float] | None = None) -> None:
+        super().__init__(template, reward_weights)

@@ -23,5 +23,5 @@ class FER(FreeTextTask):
     media = "peak"
     label_field = "au_caption"
 
-    def __init__(self, template: str = FER_TEMPLATE) -> None:
-        super().__init__(template)
+    def __init__(self, template: str = FER_TEMPLATE, reward_weights: dict[str, float] | None = None) -> None:
+        super().__init__(template, reward_weights)

@@ -11,7 +11,8 @@ from torchmetrics import Metric
 from emoverse.data.record import AMTRecord
 from emoverse.metrics import TokenF1
 from emoverse.metrics._utils import check_same_length
-from emoverse.tasks.base import Task, check_template
+from emoverse.metrics.text import token_f1
+from emoverse.tasks.base import Task, check_reward_weights, check_template
 
 
 class FreeTextTask(Task):
@@ -20,15 +21,20 @@ class FreeTextTask(Task):
 
     Subclasses set `name`, `media`, `label_field` and a default `template`.
 
+    Reward terms: `correct`, the token F1 against the reference (`metrics.text.token_f1`, what
+    `TokenF1` averages).
+
     Args:
         template: the query; may use `{utterance}` (the transcript).
+        reward_weights: weights of the reward terms `format` and `correct` (default 0.1, 1.0).
     """
 
     label_field: ClassVar[str]
     max_new_tokens = 64
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, template: str, reward_weights: dict[str, float] | None = None) -> None:
         self.template = check_template(template, f"{type(self).__name__}.template", frozenset({"utterance"}))
+        self.reward_weights = check_reward_weights(reward_weights, type(self).__name__, self.default_reward_weights)
 
     def has_label(self, record: AMTRecord) -> bool:
         return getattr(record.labels, self.label_field) is not None
@@ -45,6 +51,9 @@ class FreeTextTask(Task):
     def target(self, record: AMTRecord) -> str:
         self.check_label(record)
         return getattr(record.labels, self.label_field)
+
+    def reward_terms(self, prediction: str, target: str) -> dict[str, float]:
+        return {"correct": token_f1(prediction, target)}
 
     def new_metric(self) -> Metric:
         return TokenF1()

@@ -10,7 +10,7 @@ from torchmetrics import Metric
 from emoverse.data.record import EMOTIONS, AMTRecord
 from emoverse.metrics import EmotionAccuracyF1
 from emoverse.metrics._utils import check_same_length
-from emoverse.tasks.base import Task, check_template
+from emoverse.tasks.base import Task, check_reward_weights, check_template
 from emoverse.tasks.parsing import parse_emotion
 from emoverse.tasks.registry import register_task
 
@@ -28,16 +28,20 @@ class MER(Task):
     Parsing: the first emotion word named wins, synonyms included (happy → joy, scared → fear,
     calm → neutral, ...; see `parsing.EMOTION_SYNONYMS`). Scored by `EmotionAccuracyF1`.
 
+    Reward terms: `correct`, the parsed label equals the gold one.
+
     Args:
         template: the query; `{utterance}` is replaced by the transcript.
+        reward_weights: weights of the reward terms `format` and `correct` (default 0.1, 1.0).
     """
 
     name = "mer"
     media = "video"
     max_new_tokens = 8
 
-    def __init__(self, template: str = MER_TEMPLATE) -> None:
+    def __init__(self, template: str = MER_TEMPLATE, reward_weights: dict[str, float] | None = None) -> None:
         self.template = check_template(template, "MER.template", frozenset({"utterance"}))
+        self.reward_weights = check_reward_weights(reward_weights, "MER", self.default_reward_weights)
 
     def has_label(self, record: AMTRecord) -> bool:
         return record.labels.emotion is not None
@@ -54,6 +58,9 @@ class MER(Task):
     def target(self, record: AMTRecord) -> str:
         self.check_label(record)
         return record.labels.emotion
+
+    def reward_terms(self, prediction: str, target: str) -> dict[str, float]:
+        return {"correct": float(prediction == target)}
 
     def new_metric(self) -> Metric:
         return EmotionAccuracyF1(labels=EMOTIONS)

@@ -11,7 +11,7 @@ from torchmetrics import Metric
 from emoverse.data.record import AMTRecord
 from emoverse.metrics import SentimentAcc2
 from emoverse.metrics._utils import check_same_length
-from emoverse.tasks.base import Task, check_template
+from emoverse.tasks.base import Task, check_reward_weights, check_template
 from emoverse.tasks.parsing import parse_sentiment
 from emoverse.tasks.registry import register_task
 
@@ -28,16 +28,24 @@ class MSA(Task):
     Parsing: the first of positive/negative/neutral named wins (neutral reads as 0.0); without
     such a word, the first number in [-3, 3] is taken as a score. Scored by `SentimentAcc2`.
 
+    Reward terms: `correct`, the polarity matches under the N/N scheme of Acc2 (score >= 0 is
+    non-negative); `closeness`, 1 - |answer - gold| / 6 on the [-3, 3] scale (weight 0 by default:
+    the trained answer is a word, read as +-1, so closeness would mostly reward gold scores near +-1).
+
     Args:
         template: the query; `{utterance}` is replaced by the transcript.
+        reward_weights: weights of the reward terms `format`, `correct`, `closeness`
+            (default 0.1, 1.0, 0.0).
     """
 
     name = "msa"
     media = "video"
     max_new_tokens = 8
+    default_reward_weights = {"format": 0.1, "correct": 1.0, "closeness": 0.0}
 
-    def __init__(self, template: str = MSA_TEMPLATE) -> None:
+    def __init__(self, template: str = MSA_TEMPLATE, reward_weights: dict[str, float] | None = None) -> None:
         self.template = check_template(template, "MSA.template", frozenset({"utterance"}))
+        self.reward_weights = check_reward_weights(reward_weights, "MSA", self.default_reward_weights)
 
     def has_label(self, record: AMTRecord) -> bool:
         return record.labels.sentiment is not None
@@ -54,6 +62,10 @@ class MSA(Task):
     def target(self, record: AMTRecord) -> float:
         self.check_label(record)
         return float(record.labels.sentiment)
+
+    def reward_terms(self, prediction: float, target: float) -> dict[str, float]:
+        return {"correct": float((prediction >= 0) == (target >= 0)),
+                "closeness": 1.0 - min(abs(prediction - target), 6.0) / 6.0}
 
     def new_metric(self) -> Metric:
         return SentimentAcc2()
