@@ -50,13 +50,17 @@ class Recorder(pl.Callback):
     """Records the (record id, task) pairs of every training batch; raises `Stop` before step `stop_at + 1`."""
 
     def __init__(self, stop_at: int | None = None) -> None:
-        self.pairs: list[tuple[str, str]] = []
+        self.batches: list[list[tuple[str, str]]] = []
         self.stop_at = stop_at
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [p for batch in self.batches for p in batch]
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.stop_at:
             raise Stop(f"stopped after step {self.stop_at}")
-        self.pairs.extend(zip(batch["ids"], batch["tasks"]))
+        self.batches.append(list(zip(batch["ids"], batch["tasks"])))
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +71,14 @@ def small_amt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fit(amt: Path, root: Path, stages: list[Stage], recorder: Recorder, ckpt_path: str | None = None,
-        every: int | None = None, restore_after_setup: bool = False) -> EmoVerseModule:
-    """One `Trainer.fit` of the tiny module under the scaled-down M2SE curriculum."""
+        every: int | None = None, restore_after_setup: bool = False, **batching: Any) -> EmoVerseModule:
+    """One `Trainer.fit` of the tiny module under the scaled-down M2SE curriculum (`batching`: the datamodule's
+    `max_tokens`, `packing`, `bucket_window`)."""
     torch.manual_seed(0)
     curriculum = Curriculum(stages)
     module = EmoVerseModule("tiny", lora_dropout=0.1, lr=1e-3, warmup_ratio=0.2, curriculum=curriculum)
     data = AMTDataModule(str(amt), batch_size=BATCH, eval_batch_size=BATCH, num_frames=2, seed=0,
-                         processor=module.processor, tasks=module.tasks, curriculum=curriculum)
+                         processor=module.processor, tasks=module.tasks, curriculum=curriculum, **batching)
     callbacks: list[pl.Callback] = [MultiStageCurriculum(curriculum), recorder,
                                     ResumableCheckpoint(str(root), every_n_train_steps=every or 0, keep_epoch_ends=False,
                                                         handle_signals=False)]
@@ -84,27 +89,33 @@ def fit(amt: Path, root: Path, stages: list[Stage], recorder: Recorder, ckpt_pat
         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if ckpt_path is None:  # the LR schedule knew the run's length: one optimizer step per batch
+        assert trainer.global_step == sum(curriculum.optimizer_steps()) == len(recorder.batches)
     return module
 
 
-def check_resume(amt: Path, tmp_path: Path, first: int, second: int, stop: int, restore_after_setup: bool = False) -> None:
+def check_resume(amt: Path, tmp_path: Path, first: int, second: int, stop: int, restore_after_setup: bool = False,
+                 **batching: Any) -> None:
     """Fit uninterrupted; fit again, stop after step `stop` and resume from its checkpoint; compare."""
     stages = m2se_small(first, second)
     full = Recorder()
-    reference = fit(amt, tmp_path / "full", stages, full)
+    reference = fit(amt, tmp_path / "full", stages, full, **batching)
     assert len(full.pairs) == (first + 2 * second) * BATCH
     assert {t for _, t in full.pairs[: first * BATCH]} <= {"msa", "fer", "mer"}
     assert {t for _, t in full.pairs[first * BATCH :]} >= {"eri", "ecpe"}
+    if not batching:
+        assert {len(b) for b in full.batches} == {BATCH}
+    assert stop < len(full.batches)
 
     interrupted = Recorder(stop_at=stop)
     with pytest.raises(Stop):
-        fit(amt, tmp_path / "stopped", stages, interrupted, every=stop)
-    assert interrupted.pairs == full.pairs[: stop * BATCH]
+        fit(amt, tmp_path / "stopped", stages, interrupted, every=stop, **batching)
+    assert interrupted.batches == full.batches[:stop]
 
     rest = Recorder()
     resumed = fit(amt, tmp_path / "resumed", stages, rest, ckpt_path=str(tmp_path / "stopped" / "last.ckpt"),
-                  restore_after_setup=restore_after_setup)
-    assert rest.pairs == full.pairs[stop * BATCH :]
+                  restore_after_setup=restore_after_setup, **batching)
+    assert rest.batches == full.batches[stop:]
     want, got = reference.trainable_state_dict(), resumed.trainable_state_dict()
     assert want and want.keys() == got.keys()
     for name in want:
@@ -123,6 +134,14 @@ def test_resume_mid_stage_two(small_amt: Path, tmp_path: Path) -> None:
 def test_resume_when_callbacks_are_restored_after_fit_start(small_amt: Path, tmp_path: Path) -> None:
     # FSDP's restore order on one CPU device, resumed in a stage that trains other parts than the first
     check_resume(small_amt, tmp_path, first=2, second=3, stop=4, restore_after_setup=True)
+
+
+@pytest.mark.parametrize("stop", [3, 5], ids=["mid-epoch", "epoch-end"])
+@pytest.mark.parametrize("packing", [False, True], ids=["token-budget", "packing"])
+def test_resume_with_token_budget_batches(small_amt: Path, tmp_path: Path, packing: bool, stop: int) -> None:
+    # batches of 1-8 rows under 700 tokens (rows of 60-360 tokens): 1 + 4 + 3 batches (packed: 1 + 3 + 3);
+    # step 3 is inside stage 2's first epoch, step 5 ends it (token-budget) or starts the next one (packing)
+    check_resume(small_amt, tmp_path, first=2, second=3, stop=stop, max_tokens=700, packing=packing, bucket_window=16)
 
 
 @pytest.mark.slow

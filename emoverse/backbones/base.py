@@ -215,6 +215,51 @@ class BackboneProcessor(ABC):
             raise PromptTooLong(worst, int(lengths[worst]), self.max_length)
         return {"inputs": inputs, "labels": labels}
 
+    # padding-free packing --------------------------------------------------------------------
+
+    packing_blocker: str | None = None
+    """Why this model cannot take packed rows (set by the backbone from its model), or None."""
+
+    def packing_unsupported(self) -> str | None:
+        """Why training rows of this backbone cannot be packed (one line), or None when they can.
+
+        Packing concatenates a batch's rows into one and restarts `position_ids` at every example, from
+        which transformers builds a block-causal mask (no attention across examples). It cannot serve a
+        model that computes its own positions from the whole row or takes other per-token inputs (token
+        type ids, cross-attention masks), which a packed row would have to rebuild per example.
+        """
+        if self.packing_blocker is not None:
+            return self.packing_blocker
+        text = self.render(self.messages("q", 1), add_generation_prompt=True)
+        probe = self.encode([text], [[Image.new("RGB", (32, 32))]])
+        extra = sorted(_per_token(probe))
+        if extra:
+            return f"its processor returns per-token inputs {extra} besides input_ids and attention_mask"
+        return None
+
+    def pack(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A right-padded training batch (`__call__` with responses) as one padding-free row.
+
+        Returns:
+            `inputs` (`input_ids` and `position_ids` `[1, sum of lengths]`, restarting at 0 for each example;
+            no `attention_mask`; the vision inputs as they were, in example order), `labels` `[1, ...]` and
+            `packed_lengths` (tokens per example, in order).
+
+        Raises:
+            ValueError: the backbone cannot pack (`packing_unsupported`).
+        """
+        inputs, labels = batch["inputs"], batch["labels"]
+        extra = sorted(_per_token(inputs))
+        reason = self.packing_blocker or (f"its processor returns per-token inputs {extra}" if extra else None)
+        if reason:
+            raise ValueError(f"{type(self).__name__} cannot pack: {reason}")
+        mask = inputs["attention_mask"].bool()
+        lengths = mask.sum(1)
+        packed = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        packed["input_ids"] = inputs["input_ids"][mask].unsqueeze(0)
+        packed["position_ids"] = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0)
+        return {**batch, "inputs": packed, "labels": labels[mask].unsqueeze(0), "packed_lengths": lengths}
+
     def extend_for_response(self, per_token: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
         """Every per-token input of a left-padded prompt batch extended by `n` generated tokens, as generation
         extends it (`generation_rule`: the model class's own update, e.g. PaliGemma's `token_type_ids` 1 for
@@ -271,6 +316,13 @@ class BackboneProcessor(ABC):
             out["input_ids"][b, n:n + r] = torch.tensor(resp, dtype=ids.dtype)
             labels[b, n:n + r] = torch.tensor(resp)
         return {**inputs, **out}, labels
+
+
+def _per_token(inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Inputs with one entry per token (batch and sequence first) other than `input_ids` and `attention_mask`."""
+    ids = inputs["input_ids"]
+    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)
+            and v.dim() >= 2 and v.shape[:2] == ids.shape}
 
 
 def _blank(cls: type) -> Any:
@@ -427,15 +479,24 @@ class Backbone(nn.Module, ABC):
 
     def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Response-token cross-entropy: `loss` (mean over the batch's response tokens), and per example
-        the summed token loss `sample_loss_sum` over its `sample_tokens` response tokens."""
+        the summed token loss `sample_loss_sum` over its `sample_tokens` response tokens.
+
+        A packed batch (`BackboneProcessor.pack`: one row, `packed_lengths`) gives the same per example."""
         targets = batch["labels"][:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # positions where some row has a response
         logits = self.logits(batch["inputs"], keep)
         targets = targets[:, keep]
         token_loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-        counts = (targets != IGNORE_INDEX).sum(1)
-        return {"loss": token_loss.sum() / counts.sum().clamp(min=1),
-                "sample_loss_sum": token_loss.sum(1), "sample_tokens": counts}
+        valid = targets != IGNORE_INDEX
+        lengths = batch.get("packed_lengths")
+        if lengths is None:
+            sums, counts = token_loss.sum(1), valid.sum(1)
+        else:  # target p predicts token p + 1, which belongs to the example holding it (never the one before)
+            owner = torch.repeat_interleave(torch.arange(len(lengths), device=keep.device), lengths.to(keep.device))
+            owner = owner[1:][keep]
+            sums = token_loss.new_zeros(len(lengths)).index_add_(0, owner, token_loss[0])
+            counts = torch.zeros(len(lengths), dtype=torch.long, device=keep.device).index_add_(0, owner, valid[0].long())
+        return {"loss": token_loss.sum() / counts.sum().clamp(min=1), "sample_loss_sum": sums, "sample_tokens": counts}
 
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any], budgets: Sequence[int]) -> list[str]:

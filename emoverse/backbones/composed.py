@@ -135,8 +135,10 @@ class ComposedModel(nn.Module):
                              f"{n_slots} image placeholders")
         return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        # a packed row comes without attention_mask and with per-example position_ids (in kwargs): the LLM
+        # then builds a block-causal mask from the positions (transformers' packed-sequence detection)
         return self.llm(inputs_embeds=self.embed(input_ids, pixel_values), attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()

@@ -72,6 +72,21 @@ class HFProcessor(BackboneProcessor):
         return {k: v for k, v in out.items() if k in self.input_names}
 
 
+def packing_blocker(model: nn.Module) -> str | None:
+    """Why `model` cannot train on packed rows (`BackboneProcessor.pack`), or None.
+
+    Packed rows need the model to take `position_ids` and to use them as they are: a model that computes
+    multi-dimensional rotary positions from the whole row itself (Qwen2-VL's M-RoPE and its relatives,
+    `get_rope_index`) would need them computed per example, which emoverse does not do yet.
+    """
+    if "position_ids" not in forward_inputs(model):
+        return f"{type(model).__name__}.forward takes no position_ids"
+    if any(callable(getattr(m, "get_rope_index", None)) for m in model.modules()):
+        return (f"{type(model).__name__} computes its multi-dimensional (M-RoPE) positions from the whole row, "
+                "not per packed example")
+    return None
+
+
 def forward_inputs(model: nn.Module) -> frozenset[str]:
     """The inputs a model's `forward` names, less those the contract owns (`labels`: emoverse computes the loss;
     PaliGemma's processor returns labels and its forward would compute a loss of its own)."""
@@ -123,6 +138,7 @@ class HFVisionLanguageBackbone(Backbone):
         text_config = model.config.get_text_config()
         self.processor = HFProcessor(processor, max_length or text_config.max_position_embeddings, images_kwargs,
                                      model)
+        self.processor.packing_blocker = packing_blocker(model)
         given = {k: v if isinstance(v, str) else tuple(v) for k, v in (parts or {}).items()}
         unknown = sorted(set(given) - {"vision", "projector", "language_model"})
         if unknown:

@@ -10,7 +10,7 @@ import numpy as np
 
 from emoverse.curriculum.stage import Stage
 
-_POOL, _CYCLE, _SHUFFLE = 1, 2, 3  # stream tags, so pool/cycle/shuffle randomness never overlap
+_POOL, _CYCLE, _SHUFFLE, BATCH_ORDER = 1, 2, 3, 4  # stream tags, so pool/cycle/shuffle/batch randomness never overlap
 
 
 def rng(seed: int, *key: int) -> np.random.Generator:

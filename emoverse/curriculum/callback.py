@@ -63,10 +63,11 @@ class MultiStageCurriculum(Callback):
             rank_zero_warn(f"MultiStageCurriculum: stage(s) {freezing} freeze parts the first stage trains; DDP "
                            "expects a gradient for every parameter that trained when it wrapped the model, so use "
                            "strategy: ddp_find_unused_parameters_true (else the first step of such a stage fails)")
-        lengths = {self.curriculum.epoch_length(e) for e in range(total)}
+        lengths = set(self.curriculum.loader_lengths())
+        unit = "draws" if self.curriculum.budget is None else "draws or batches"
         if len(lengths) > 1 and trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError(f"Trainer(reload_dataloaders_every_n_epochs={trainer.reload_dataloaders_every_n_epochs}) "
-                             f"but the curriculum's epochs differ in length ({sorted(lengths)} draws per rank); "
+                             f"but the curriculum's epochs differ in length ({sorted(lengths)} {unit} per rank); "
                              "set reload_dataloaders_every_n_epochs=1 so each epoch's loader has its own length")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Sequence
+import warnings
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 
-from emoverse.curriculum._plan import StagePlan, cycle_slice, label_matrix, plan_stages, record_sources, shuffle_order
+from emoverse.curriculum._plan import (
+    BATCH_ORDER,
+    StagePlan,
+    cycle_slice,
+    label_matrix,
+    plan_stages,
+    record_sources,
+    rng,
+    shuffle_order,
+)
+from emoverse.curriculum.batching import TokenBudget, plan_batches, split_for_ranks
 from emoverse.curriculum.m2se import m2se_stages
 from emoverse.curriculum.stage import Stage
 
@@ -31,6 +42,12 @@ class Curriculum:
     padded by wrapping around so every rank draws as many. Everything derives from (seed, stage,
     epoch): no global RNG, so any epoch's draws are computed without replaying earlier ones.
 
+    Bound with a `TokenBudget` (`AMTDataModule(max_tokens=...)`), an epoch is also cut into batches
+    under the budget (`batches`): the whole epoch's draws (unpadded) are grouped by length within
+    windows, the batches shuffled (seeded) and dealt round-robin to the ranks; so every draw of the
+    epoch is in exactly one batch on one rank, and every rank takes as many batches (the batch
+    with the most rows is halved until the count divides; `batch_stats`).
+
     Args:
         stages: the stages in order; default the paper's M2SE (`m2se_stages()`).
         seed: seed of every choice (pools, task walks, shuffles).
@@ -50,6 +67,10 @@ class Curriculum:
         self._starts = np.cumsum([0] + [s.epochs for s in self.stages]).tolist()  # first global epoch per stage
         self._plans: list[StagePlan] | None = None
         self.num_replicas, self.batch_size = 1, 1
+        self.budget: TokenBudget | None = None
+        self._length_of: Callable[[int, str], int] | None = None
+        self._lengths: dict[tuple[int, int], int] = {}
+        self._batches: dict[tuple[int, int], tuple[list[list[tuple[int, str]]], dict[str, int]]] = {}
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def __repr__(self) -> str:
@@ -79,20 +100,30 @@ class Curriculum:
 
     # binding to the records -------------------------------------------------------------------
 
-    def bind(self, record_tasks: Sequence[Collection[str]], num_replicas: int = 1, batch_size: int = 1) -> None:
+    def bind(self, record_tasks: Sequence[Collection[str]], num_replicas: int = 1, batch_size: int = 1,
+             budget: TokenBudget | None = None, lengths: Callable[[int, str], int] | None = None) -> None:
         """Plan every stage over these training records for `num_replicas` ranks (the datamodule calls this).
 
         Args:
             record_tasks: per record, the task names it has labels for (and its `source:<name>` tag).
             num_replicas: the number of ranks that share each epoch.
-            batch_size: draws per training batch on a rank (sizes the epochs in optimizer steps).
+            batch_size: draws per training batch on a rank (sizes the epochs in optimizer steps); not
+                used with a `budget`.
+            budget: form batches under a token budget instead of `batch_size` rows (`batches`).
+            lengths: with a budget, the tokens of the example of (record index, task name), exactly as
+                the collator will encode it (`AMTDataset.example_length`); called once per pair.
         """
         if num_replicas < 1 or batch_size < 1:
             raise ValueError(f"Curriculum.bind: num_replicas={num_replicas}, batch_size={batch_size}; expected >= 1")
+        if budget is not None and lengths is None:
+            raise ValueError("Curriculum.bind: a token budget needs `lengths` (tokens of a (record, task) pair)")
         self.batch_size = batch_size
         has = label_matrix(record_tasks, self.tasks)
         self._plans = plan_stages(has, self.tasks, self.stages, self.seed, record_sources(record_tasks))
         self.num_replicas = num_replicas
+        self.budget, self._length_of = budget, lengths
+        self._lengths.clear()
+        self._batches.clear()
         self._cache.clear()
 
     @property
@@ -113,6 +144,74 @@ class Curriculum:
         rec, tid = self._epoch_pairs(self.stage_of(epoch), self.stage_epoch(epoch))
         names = np.array(self.tasks, dtype=object)
         return list(zip(rec[rank::self.num_replicas].tolist(), names[tid[rank::self.num_replicas]].tolist()))
+
+    # token-budget batches ---------------------------------------------------------------------
+
+    def token_batches(self, epoch: int) -> bool:
+        """Whether epoch `epoch` is cut into token-budget batches: bound with a budget and a supervised stage
+        (a GRPO stage batches `batch_size` prompts, each sampled `group_size` times)."""
+        return self.budget is not None and self.stages[self.stage_of(epoch)].objective != "grpo"
+
+    def batches(self, epoch: int, rank: int = 0) -> list[list[tuple[int, str]]]:
+        """With a token budget: the batches of (record index, task) pairs rank `rank` takes in global epoch `epoch`."""
+        if not 0 <= rank < self.num_replicas:
+            raise ValueError(f"rank={rank}: expected 0 <= rank < {self.num_replicas}")
+        return self._epoch_batches(epoch)[0][rank::self.num_replicas]
+
+    def epoch_batches(self, epoch: int) -> int:
+        """Training batches of one rank in global epoch `epoch` (the same on every rank)."""
+        if not self.token_batches(epoch):
+            return -(-self.epoch_length(epoch) // self.batch_size)
+        return len(self._epoch_batches(epoch)[0]) // self.num_replicas
+
+    def batch_stats(self, epoch: int) -> dict[str, int]:
+        """With a token budget, what the epoch's batching did (over all ranks): `batches`, `draws`, `tokens`
+        (real tokens), `positions` (tokens + padding), `oversized` (draws longer than `max_tokens`, each in a
+        batch of its own), `longest`, `split` (batches halved so the ranks take as many) and `repeated`
+        (batches repeated to fill the last step, only when none could be split)."""
+        return dict(self._epoch_batches(epoch)[1])
+
+    def pair_lengths(self, records: Sequence[int], tasks: Sequence[str]) -> np.ndarray:
+        """Tokens of each (record index, task) pair (cached; bound `lengths`)."""
+        if self._length_of is None:
+            raise RuntimeError("Curriculum: not bound with `lengths` (a token budget)")
+        out = np.empty(len(records), dtype=np.int64)
+        for k, (r, t) in enumerate(zip(records, tasks)):
+            key = (int(r), self.tasks.index(t))
+            n = self._lengths.get(key)
+            if n is None:
+                n = self._lengths[key] = int(self._length_of(int(r), t))
+            out[k] = n
+        return out
+
+    def _epoch_batches(self, epoch: int) -> tuple[list[list[tuple[int, str]]], dict[str, int]]:
+        if not self.token_batches(epoch):
+            raise RuntimeError(f"Curriculum: epoch {epoch} has no token-budget batches (no budget bound, or a GRPO "
+                               "stage); its batches follow `batch_size`")
+        stage, stage_epoch = self.stage_of(epoch), self.stage_epoch(epoch)
+        key = (stage, stage_epoch)
+        if key not in self._batches:
+            length = self.plans[stage].length
+            rec, tid = self._epoch_pairs(stage, stage_epoch)
+            rec, tid = rec[:length], tid[:length]  # the unpadded epoch: batches, not draws, are padded for the ranks
+            names = [self.tasks[t] for t in tid.tolist()]
+            lengths = self.pair_lengths(rec.tolist(), names)
+            planned = plan_batches(lengths, self.budget, rng(self.seed, BATCH_ORDER, stage, stage_epoch))
+            dealt, repeated = split_for_ranks(planned, self.num_replicas)
+            rec_l = rec.tolist()
+            batches = [[(rec_l[i], names[i]) for i in b.tolist()] for b in dealt]
+            over = lengths > self.budget.max_tokens
+            positions = sum(self.budget.cost(lengths[b]) for b in dealt)
+            stats = {"batches": len(dealt), "draws": int(sum(len(b) for b in dealt)),
+                     "tokens": int(sum(int(lengths[b].sum()) for b in dealt)), "positions": int(positions),
+                     "oversized": int(over.sum()), "longest": int(lengths.max(initial=0)),
+                     "split": len(dealt) - repeated - len(planned), "repeated": repeated}
+            if stats["oversized"]:
+                warnings.warn(f"Curriculum: stage {self.stages[stage].name!r} epoch {stage_epoch}: {stats['oversized']} "
+                              f"of {length} draws are longer than max_tokens={self.budget.max_tokens} (longest "
+                              f"{stats['longest']} tokens); each trains in a batch of its own", stacklevel=3)
+            self._batches[key] = batches, stats
+        return self._batches[key]
 
     def _epoch_pairs(self, stage: int, stage_epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """One stage epoch's shuffled (records, task ids) over all ranks, padded to ranks x epoch length."""
@@ -136,11 +235,11 @@ class Curriculum:
 
     def optimizer_steps(self, accumulate_grad_batches: int = 1) -> list[int]:
         """Optimizer steps of each global epoch on one rank (Lightning steps on an epoch's last batch too)."""
-        out = []
-        for epoch in range(self.total_epochs):
-            batches = -(-self.epoch_length(epoch) // self.batch_size)
-            out.append(-(-batches // accumulate_grad_batches))
-        return out
+        return [-(-self.epoch_batches(epoch) // accumulate_grad_batches) for epoch in range(self.total_epochs)]
+
+    def loader_lengths(self) -> list[int]:
+        """Length of each global epoch's train loader on one rank: draws, or batches with a token budget."""
+        return [self.epoch_batches(e) if self.token_batches(e) else self.epoch_length(e) for e in range(self.total_epochs)]
 
     def quotas(self, stage: int) -> dict[str, int]:
         """Draws per task in one epoch of `stage`, over all ranks."""

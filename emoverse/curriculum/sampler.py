@@ -48,3 +48,43 @@ class TaskWeightedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class TokenBudgetSampler(DistributedSampler):
+    """Yields the token-budget batches (lists of (record, task) pairs) the bound `curriculum` gives `rank`.
+
+    For a loader without automatic batching (`batch_size=None`): each item is one batch, which the
+    dataset turns into a list of examples (`AMTDataModule` does this with `max_tokens`). Like
+    `TaskWeightedSampler` it holds no position: the sequence is a function of (curriculum, epoch, rank)
+    alone, so a `StatefulDataLoader` that delivered k batches resumes by fast-forwarding k items; every
+    rank yields as many batches (`Curriculum.epoch_batches`).
+
+    Args:
+        curriculum: a `Curriculum` bound with a `TokenBudget`.
+        rank: this rank.
+        epoch: the global epoch to start in.
+    """
+
+    def __init__(self, curriculum: Curriculum, rank: int = 0, epoch: int = 0) -> None:
+        if curriculum.budget is None:
+            raise ValueError("TokenBudgetSampler: the curriculum was bound without a token budget")
+        super().__init__(range(curriculum.epoch_batches(epoch)), num_replicas=curriculum.num_replicas, rank=rank,
+                         shuffle=True, seed=curriculum.seed)
+        self.curriculum = curriculum
+        self.set_epoch(epoch)
+
+    @property
+    def stage(self) -> int:
+        """Index of the current epoch's stage."""
+        return self.curriculum.stage_of(self.epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.num_samples = self.curriculum.epoch_batches(epoch)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def __iter__(self) -> Iterator[list[tuple[int, str]]]:  # type: ignore[override]
+        return iter(self.curriculum.batches(self.epoch, self.rank))
+
+    def __len__(self) -> int:
+        return self.num_samples

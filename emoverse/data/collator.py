@@ -28,13 +28,17 @@ class AMTCollator:
         mode: "train" appends the response and masks everything else in `labels` (right padding);
             "generate" stops after the assistant header (left padding, for batched generation).
         system_prompt: optional system message.
+        pack: "train" only: concatenate the rows into one padding-free row (`BackboneProcessor.pack`:
+            per-example position ids, so no attention crosses examples; `packed_lengths` per example).
     """
 
     def __init__(self, processor: BackboneProcessor, mode: Literal["train", "generate"] = "train",
-                 system_prompt: str | None = None) -> None:
+                 system_prompt: str | None = None, pack: bool = False) -> None:
         if mode not in ("train", "generate"):
             raise ValueError(f"AMTCollator: mode={mode!r}; expected 'train' or 'generate'")
-        self.processor, self.mode, self.system_prompt = processor, mode, system_prompt
+        if pack and mode != "train":
+            raise ValueError("AMTCollator: pack=True applies to mode='train' only (generation is left-padded)")
+        self.processor, self.mode, self.system_prompt, self.pack = processor, mode, system_prompt, pack
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         train = self.mode == "train"
@@ -46,6 +50,8 @@ class AMTCollator:
             raise ValueError(f"record {ex['id']} ({ex['task']}): {err.tokens} tokens exceed the context of "
                              f"{err.max_length}; shorten its query (make_example drops the oldest context turns)"
                              ) from None
+        if self.pack:
+            batch = self.processor.pack(batch)
         batch["tasks"] = [ex["task"] for ex in examples]
         batch["ids"] = [ex["id"] for ex in examples]
         batch["num_truncated"] = sum(bool(ex.get("truncated")) for ex in examples)

@@ -11,11 +11,12 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from emoverse.backbones.base import BackboneProcessor
+from emoverse.curriculum.batching import TokenBudget
 from emoverse.curriculum.curriculum import Curriculum
-from emoverse.curriculum.sampler import TaskWeightedSampler
+from emoverse.curriculum.sampler import TaskWeightedSampler, TokenBudgetSampler
 from emoverse.curriculum.stage import Stage
 from emoverse.data.collator import AMTCollator
-from emoverse.data.dataset import AMTDataset
+from emoverse.data.dataset import AMTDataset, BatchedPairs
 from emoverse.data.demo import make_demo_amt
 from emoverse.data.grpo import GroupCollator
 from emoverse.data.shards import OnCorrupt, ShardIndex
@@ -44,7 +45,7 @@ class AMTDataModule(pl.LightningDataModule):
     Args:
         path: AMT root (`{path}/{split}/*.tar`).
         demo: build the demo AMT at `path` when it does not exist yet (`make_demo_amt`).
-        batch_size: training batch size per device.
+        batch_size: training batch size per device (rows; not used when `max_tokens` is set).
         eval_batch_size: validation/test/predict batch size (generation is batched).
         num_workers: dataloader worker processes.
         num_frames: frames per video prompt.
@@ -61,6 +62,16 @@ class AMTDataModule(pl.LightningDataModule):
             frames): "error" (default) stops with the file and record key named; "skip" leaves it
             out and warns with the count (docs/reliability.md).
         curriculum: the stages training walks through (`emoverse fit` links the YAML's `curriculum:`).
+        max_tokens: form training batches under this many tokens per rank instead of `batch_size`
+            rows: rows x longest row, or with `packing` the sum of the rows; lengths are the exact
+            encoded rows (prompt, visual tokens, response; `AMTDataset.example_length`), draws
+            are grouped by length within windows of `bucket_window` draws (`TokenBudget`). An
+            example longer than `max_tokens` trains in a batch of its own (a warning counts them).
+            None (default): `batch_size` rows per batch.
+        packing: concatenate each batch's rows into one padding-free row with per-example position
+            ids (no attention across examples); needs `max_tokens` and a backbone that can pack
+            (`BackboneProcessor.packing_unsupported` says why one cannot).
+        bucket_window: draws per length-sorting window of `max_tokens` batching.
     """
 
     def __init__(
@@ -80,12 +91,24 @@ class AMTDataModule(pl.LightningDataModule):
         tasks: Mapping[str, Task] | None = None,
         on_corrupt: OnCorrupt = "error",
         curriculum: Curriculum | None = None,
+        max_tokens: int | None = None,
+        packing: bool = False,
+        bucket_window: int = 512,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["processor", "tasks", "curriculum"])
         if streaming and curriculum is not None:
             raise ValueError("AMTDataModule(streaming=True) cannot follow a curriculum: stage budgets and exact "
                              "resume need indexed access; set streaming: false or drop the curriculum")
+        if max_tokens is not None or packing:
+            if max_tokens is None:
+                raise ValueError("AMTDataModule(packing=True) needs max_tokens (the tokens of one packed row)")
+            if streaming:
+                raise ValueError("AMTDataModule(max_tokens=...) cannot batch a stream: token-budget batches are planned "
+                                 "per epoch over indexed draws; set streaming: false or drop max_tokens")
+            self.budget: TokenBudget | None = TokenBudget(max_tokens, packing, bucket_window)  # validates the fields
+        else:
+            self.budget = None
         self.path, self.demo = Path(path), demo
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.num_frames, self.max_eval_per_task, self.seed = num_frames, max_eval_per_task, seed
@@ -117,7 +140,14 @@ class AMTDataModule(pl.LightningDataModule):
                 have = set().union(*records)
                 self.curriculum = Curriculum([Stage(name="all-tasks", ratios={t: 1.0 for t in self.tasks if t in have},
                                                     budget="all")], seed=self.seed)
-            self.curriculum.bind(records, self._ranks()[0], self.batch_size)
+            if self.budget is not None and self.budget.packing:
+                reason = self.processor.packing_unsupported()
+                if reason:
+                    raise ValueError(f"AMTDataModule(packing=True): this backbone cannot pack: {reason}; set packing: "
+                                     "false (max_tokens batches still apply)")
+            train = self.datasets["train"]
+            self.curriculum.bind(records, self._ranks()[0], self.batch_size, budget=self.budget,
+                                 lengths=train.example_length if self.budget is not None else None)
 
     def _ranks(self) -> tuple[int, int]:
         """(world size, this rank), from the trainer when there is one."""
@@ -133,6 +163,13 @@ class AMTDataModule(pl.LightningDataModule):
         if self.curriculum is None or "train" not in self.datasets:
             raise RuntimeError("AMTDataModule.train_dataloader before setup('fit')")
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if self.curriculum.token_batches(epoch):  # a GRPO stage keeps batch_size prompts (its group collator)
+            # one item per batch: the sampler yields lists of draws, the dataset lists of examples
+            batches = TokenBudgetSampler(self.curriculum, rank=self._ranks()[1], epoch=epoch)
+            return StatefulDataLoader(BatchedPairs(self.datasets["train"]), batch_size=None, sampler=batches,
+                                      num_workers=self.num_workers,
+                                      collate_fn=AMTCollator(self.processor, "train", self.system_prompt,
+                                                             pack=self.budget.packing))
         sampler = TaskWeightedSampler(self.curriculum, rank=self._ranks()[1], epoch=epoch)
         # rebuilt every epoch (stages differ in length), so worker processes are not kept
         return StatefulDataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,7 @@ class AMTDataset(torch.utils.data.Dataset):
                  num_frames: int = 4, seed: int = 0, system_prompt: str | None = None) -> None:
         self.index, self.tasks, self.processor = index, dict(tasks), processor
         self.num_frames, self.seed, self.system_prompt = num_frames, seed, system_prompt
+        self._frame_sizes: dict[int, list[tuple[int, int]]] = {}
         metas = [AMTRecord.from_metadata(e.meta, where=f"{index.paths[e.shard]} record {e.meta.get('id')}")
                  for e in index.entries]
         # the task names of each record's labels, plus a `source:<name>` tag for stages restricted to sources
@@ -87,6 +89,43 @@ class AMTDataset(torch.utils.data.Dataset):
         i, name = key
         return make_example(self.index.record(i), self.tasks[name], self.processor, self.num_frames, self.seed,
                             self.system_prompt)
+
+    def example_length(self, i: int, task: str) -> int:
+        """Tokens of the training row of (record `i`, `task`) as the collator encodes it: the prompt with its
+        visual tokens (`BackboneProcessor.prompt_length`), the response and the end-of-turn tokens.
+
+        Built like `__getitem__` (same prompt variant, same context shortening) from the record's metadata
+        and its frames' sizes, read from the image headers: no frame is decoded.
+        """
+        record = self.index.record(i, with_frames=False)
+        sizes = self._frame_sizes.get(i)
+        if sizes is None:  # once per record: its tasks show the same frames
+            sizes = self._frame_sizes[i] = self.index.frame_sizes(i)
+        frames = [_blank_frame(size) for size in sizes]
+        record = dataclasses.replace(record, frames=frames)
+        ex = make_example(record, self.tasks[task], self.processor, self.num_frames, self.seed, self.system_prompt)
+        return (self.processor.prompt_length(ex["query"], ex["images"], self.system_prompt)
+                + len(self.processor.tokenize(ex["response"])) + len(self.processor.end_ids))
+
+
+@functools.lru_cache(maxsize=64)
+def _blank_frame(size: tuple[int, int]) -> Image.Image:
+    """A stand-in frame of this size: prompt lengths depend on frame sizes, never on pixels."""
+    return Image.new("RGB", size)
+
+
+class BatchedPairs(torch.utils.data.Dataset):
+    """An `AMTDataset` indexed by a whole batch of (record, task) pairs (a loader with `batch_size=None`
+    over a `TokenBudgetSampler`): item `[(i, task), ...]` is the list of their examples."""
+
+    def __init__(self, dataset: AMTDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, keys: list[tuple[int, str]]) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [self.dataset[key] for key in keys]
 
 
 def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, num_frames: int, seed: int,

@@ -30,6 +30,7 @@ from emoverse.data.record import FRAME_MODES, SPLITS, AMTRecord
 
 OnCorrupt = Literal["error", "skip"]
 ON_CORRUPT: tuple[str, ...] = ("error", "skip")
+_HEADER_BYTES = 2048  # a JPEG's size marker (SOF) follows APP0 and the quantisation tables: ~160 bytes in PIL's files
 
 
 class CorruptShardError(ValueError):
@@ -168,6 +169,19 @@ class ShardIndex:
         frames = [decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}")
                   for k, (off, n) in enumerate(e.frames)] if with_frames else []
         return AMTRecord.from_metadata(e.meta, frames, where=where)
+
+    def frame_sizes(self, i: int) -> list[tuple[int, int]]:
+        """(width, height) of record `i`'s frames, from their image headers (the pixels are not decoded)."""
+        e = self.entries[i]
+        where = f"{self.paths[e.shard]} record {e.meta.get('id')}"
+        sizes = []
+        for k, (off, n) in enumerate(e.frames):
+            head = self._frame(e.shard, off, min(n, _HEADER_BYTES), f"{where} frame {k}")
+            try:
+                sizes.append(Image.open(io.BytesIO(head)).size)
+            except Exception:  # a header longer than the prefix: read the whole frame
+                sizes.append(decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}").size)
+        return sizes
 
     def _frame(self, shard: int, offset: int, size: int, where: str) -> bytes:
         try:
