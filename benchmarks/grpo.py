@@ -11,6 +11,7 @@ each with `G` sampled answers (generation, rewards, reference and policy forward
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -102,6 +103,11 @@ def main() -> None:
     print(f"supervised step {t_sft * 1e3:.1f} ms, GRPO step {t_grpo * 1e3:.1f} ms: GRPO / SFT = {t_grpo / t_sft:.2f}x")
     print(f"sampling {rows} answers: batched {t_batched * 1e3:.1f} ms, one at a time {t_single * 1e3:.1f} ms: "
           f"batched is {t_single / t_batched:.2f}x faster")
+    print(json.dumps({"sft_step_ms": round(t_sft * 1e3, 1), "grpo_step_ms": round(t_grpo * 1e3, 1),
+                      "ratio_grpo_vs_sft": round(t_grpo / t_sft, 2), "sampling_batched_ms": round(t_batched * 1e3, 1),
+                      "sampling_one_at_a_time_ms": round(t_single * 1e3, 1),
+                      "ratio_one_at_a_time_vs_batched": round(t_single / t_batched, 2), "prompts": args.prompts,
+                      "group": args.group, "max_new_tokens": args.tokens, "steps": args.steps}))
 
 
 if __name__ == "__main__":
