@@ -91,6 +91,7 @@ class EmoVerseModule(pl.LightningModule):
         self.backbone = create_backbone(backbone, **(backbone_args or {})) if isinstance(backbone, str) else backbone
         self.backbone.add_lora(lora_r, lora_alpha, lora_dropout, lora_targets, gradient_checkpointing)
         self._ever_trained: set[str] = set()
+        self._trainable_changed = False  # set_trainable ran since the last optimizer step recorded the parts
         self._before_restore: set[str] | None = None  # the trainable names while a strategy restores after setup
         self.curriculum = curriculum
         self.set_trainable(_initial_parts(trainable, curriculum))
@@ -118,7 +119,9 @@ class EmoVerseModule(pl.LightningModule):
 
     def set_trainable(self, parts: Collection[str]) -> list[nn.Parameter]:
         """Train exactly `parts` ("projector", "lora", "vision"); returns newly trainable parameters."""
-        return self.backbone.set_trainable(list(parts))
+        newly = self.backbone.set_trainable(list(parts))
+        self._trainable_changed = True
+        return newly
 
     def on_fit_start(self) -> None:
         # Strategies that restore after setup (FSDP2, DeepSpeed) load the optimizer state right after this
@@ -152,7 +155,9 @@ class EmoVerseModule(pl.LightningModule):
         self._ever_trained |= {n for n, p in self.named_parameters() if p.requires_grad}
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self._record_trained()  # what an optimizer step updates goes into the checkpoints
+        if self._trainable_changed:  # what an optimizer step updates goes into the checkpoints
+            self._record_trained()
+            self._trainable_changed = False
 
     # steps -----------------------------------------------------------------------------------
 
@@ -216,8 +221,9 @@ class EmoVerseModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         """Keep the answers of each validation in `{log_dir}/val_predictions.jsonl` (the last one wins,
-        so the file stays as small as the capped val split), for the run report's per-task analyses."""
-        if not self.trainer.sanity_checking:
+        so the file stays as small as the capped val split), for the run report's per-task analyses;
+        only with a logger (its run folder): without one, `log_dir` is the working directory."""
+        if not self.trainer.sanity_checking and self.trainer.logger is not None:  # a run folder, not the cwd
             self._open_predictions(None, "val_predictions.jsonl")
 
     def on_validation_epoch_end(self) -> None:
