@@ -118,8 +118,8 @@ class EmoVerseCLI(LightningCLI):
 
 
 def _derive_epochs(config: Any) -> None:
-    """With a curriculum, the Trainer's epochs are the stages' (given or checked, in this one place),
-    and the train loader is rebuilt every epoch (stages differ in length)."""
+    """With a curriculum and no `trainer.max_epochs`, the Trainer's epochs are the stages' (a given value
+    is checked by `MultiStageCurriculum.setup`), and the train loader is rebuilt every epoch."""
     curriculum = config.get("curriculum")
     if curriculum is None:
         return
@@ -128,9 +128,6 @@ def _derive_epochs(config: Any) -> None:
     trainer = config.trainer
     if trainer.get("max_epochs") is None:
         trainer.max_epochs = total
-    elif trainer.max_epochs != total and trainer.get("max_steps", -1) in (None, -1):
-        raise UserError(f"trainer.max_epochs={trainer.max_epochs} but the curriculum's stages last {total} epochs; "
-                        "drop trainer.max_epochs (it is derived from the stages) or change the stages' epochs")
     if trainer.get("reload_dataloaders_every_n_epochs") in (None, 0):
         trainer.reload_dataloaders_every_n_epochs = 1
 
