@@ -430,3 +430,30 @@ def test_every_rank_makes_the_same_collectives(tmp_path: Path) -> None:
         report.on_fit_end(trainer, module)
     assert ranks[0].collectives == ranks[1].collectives
     assert json.loads((tmp_path / "curriculum.json").read_text())["epochs"][0]["drawn"] == {"msa": 1}
+
+
+def test_modality_ablation_puts_the_sets_of_one_checkpoint_side_by_side(tmp_path: Path) -> None:
+    logs = tmp_path / "lightning_logs"
+    fit_dir = make_run(logs / "version_0")
+    ckpt = str(fit_dir / "checkpoints" / "last.ckpt")
+    tested = {1: ([], 0.70), 2: (["audio"], 0.55), 3: (["frames", "text"], 0.52), 4: (["audio"], 0.58)}
+    for version, (dropped, acc2) in tested.items():
+        run = logs / f"version_{version}"
+        run.mkdir()
+        write_csv(run / "metrics.csv", [{"epoch": 0, "step": 0, "test/msa/acc2_nn": acc2}])
+        (run / "config.yaml").write_text(yaml.safe_dump({"ckpt_path": ckpt, "data": {"init_args": {
+            "drop_modalities": dropped}}}))
+    other = logs / "version_5"  # another checkpoint's test: not part of this ablation
+    other.mkdir()
+    write_csv(other / "metrics.csv", [{"epoch": 0, "step": 0, "test/msa/acc2_nn": 0.99}])
+    (other / "config.yaml").write_text(yaml.safe_dump({"ckpt_path": str(tmp_path / "other.ckpt")}))
+
+    check_page(write_report(logs / "version_2"))
+    html_text = (logs / "version_2" / "report.html").read_text()
+    section = html_text.split('id="modalities"')[1].split("</section>")[0]
+    assert "all modalities" in section and "without audio" in section and "without frames, text" in section
+    assert "70.00" in section and "58.00" in section and "52.00" in section  # the newest test of a set wins
+    assert "55.00" not in section and "99.00" not in section
+    assert "One modality set tested" not in section
+    check_page(write_report(other))
+    assert "One modality set tested" in (other / "report.html").read_text()

@@ -160,7 +160,7 @@ def test_free_text_parsers_strip_and_reject_empty(task):
 
 
 def test_fer_uses_the_peak_frame_and_eri_a_larger_budget():
-    assert FER.media == "peak" and MSA.media == "video"
+    assert FER.frames == "peak" and MSA.frames == "clip" and FER.media == MSA.media == ("frames",)
     assert ERI.max_new_tokens >= 64 > MER.max_new_tokens
 
 
@@ -261,3 +261,13 @@ def test_ecpe_round_trip_on_real_ecf2_conversations():
     assert float(scores["precision"]) == pytest.approx(1.0, abs=1e-6)
     assert float(scores["recall"]) == pytest.approx((n_gold - unreachable) / n_gold, abs=1e-6)
     assert int(scores["unparsed"]) == 0
+
+
+def test_task_media_are_validated_and_set_per_task() -> None:
+    assert get_task("mer").media == ("frames",)
+    assert get_task("mer", media=["audio", "frames"]).media == ("frames", "audio")  # MEDIA order
+    assert get_task("msa", media=[]).media == ()
+    for bad, says in [("video", "expected a list"), (["smell"], "distinct names"), (["audio", "audio"], "distinct"),
+                      (["frames", "video"], "choose one")]:
+        with pytest.raises(ValueError, match=says):
+            get_task("mer", media=bad)

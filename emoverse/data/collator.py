@@ -16,7 +16,8 @@ __all__ = ["IGNORE_INDEX", "AMTCollator"]
 
 
 class AMTCollator:
-    """Turn examples `{id, task, query, response, images, record, truncated}` into a model batch.
+    """Turn examples `{id, task, query, response, images, audio, as_video, record, truncated}` (`make_example`)
+    into a model batch.
 
     A batch holds `inputs` and `labels` (the processor's), per row `tasks` and `ids`, and
     `num_truncated` (rows whose dialogue context was shortened to fit). Generation batches also hold
@@ -44,7 +45,8 @@ class AMTCollator:
         train = self.mode == "train"
         try:
             batch = self.processor([ex["query"] for ex in examples], [ex["images"] for ex in examples],
-                                   [ex["response"] for ex in examples] if train else None, self.system_prompt)
+                                   [ex["response"] for ex in examples] if train else None, self.system_prompt,
+                                   **media_kwargs(examples))
         except PromptTooLong as err:
             ex = examples[err.row]
             raise ValueError(f"record {ex['id']} ({ex['task']}): {err.tokens} tokens exceed the context of "
@@ -59,3 +61,14 @@ class AMTCollator:
             batch["queries"] = [ex["query"] for ex in examples]
             batch["records"] = [ex["record"] for ex in examples]
         return batch
+
+
+def media_kwargs(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The processor's media arguments for a batch (`audios`, `as_video`, per row), only those some row shows,
+    so a processor without audio or video support is called exactly as for image-only examples."""
+    out: dict[str, Any] = {}
+    if any(ex.get("audio") is not None for ex in examples):
+        out["audios"] = [ex.get("audio") for ex in examples]
+    if any(ex.get("as_video") for ex in examples):
+        out["as_video"] = [bool(ex.get("as_video")) for ex in examples]
+    return out

@@ -16,7 +16,7 @@ from emoverse.curriculum.curriculum import Curriculum
 from emoverse.curriculum.sampler import TaskWeightedSampler, TokenBudgetSampler
 from emoverse.curriculum.stage import Stage
 from emoverse.data.collator import AMTCollator
-from emoverse.data.dataset import AMTDataset, BatchedPairs
+from emoverse.data.dataset import AMTDataset, BatchedPairs, check_drop
 from emoverse.data.demo import make_demo_amt
 from emoverse.data.grpo import GroupCollator
 from emoverse.data.shards import OnCorrupt, ShardIndex
@@ -72,6 +72,9 @@ class AMTDataModule(pl.LightningDataModule):
             ids (no attention across examples); needs `max_tokens` and a backbone that can pack
             (`BackboneProcessor.packing_unsupported` says why one cannot).
         bucket_window: draws per length-sorting window of `max_tokens` batching.
+        drop_modalities: modalities taken out of every prompt of every split (`MODALITIES`): "frames",
+            "audio", "text" (the transcript). For a modality ablation, `emoverse test` one checkpoint once
+            per set; the run report shows their metrics side by side (docs/audio.md).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class AMTDataModule(pl.LightningDataModule):
         max_tokens: int | None = None,
         packing: bool = False,
         bucket_window: int = 512,
+        drop_modalities: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["processor", "tasks", "curriculum"])
@@ -113,6 +117,7 @@ class AMTDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.num_frames, self.max_eval_per_task, self.seed = num_frames, max_eval_per_task, seed
         self.system_prompt = system_prompt
+        self.drop_modalities = sorted(check_drop(drop_modalities or [], "AMTDataModule"))
         self.streaming, self.stream_ratios, self.on_corrupt = streaming, stream_ratios, on_corrupt
         self.curriculum = curriculum
         self.processor = processor
@@ -133,7 +138,7 @@ class AMTDataModule(pl.LightningDataModule):
                 continue
             if split not in self.datasets:
                 self.datasets[split] = AMTDataset(ShardIndex(self.path, split, self.on_corrupt), self.tasks, self.processor,
-                                                  self.num_frames, self.seed, self.system_prompt)
+                                                  self.num_frames, self.seed, self.system_prompt, self.drop_modalities)
         if stage == "fit" and not self.streaming:
             records = self.datasets["train"].record_tasks
             if self.curriculum is None:
@@ -157,7 +162,8 @@ class AMTDataModule(pl.LightningDataModule):
         if self.streaming:
             ratios = self.stream_ratios or {t: 1.0 for t in self.tasks}
             stream = AMTStream(self.path, "train", self.tasks, ratios, self.processor, self.num_frames, self.seed,
-                               on_corrupt=self.on_corrupt, system_prompt=self.system_prompt)
+                               on_corrupt=self.on_corrupt, system_prompt=self.system_prompt,
+                               drop_modalities=self.drop_modalities)
             return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
                               collate_fn=AMTCollator(self.processor, "train", self.system_prompt))
         if self.curriculum is None or "train" not in self.datasets:

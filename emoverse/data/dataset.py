@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from emoverse.backbones.base import BackboneProcessor
+from emoverse.data.audio import decode_audio
 from emoverse.data.record import AMTRecord
 from emoverse.data.shards import ShardIndex
 
@@ -62,12 +63,15 @@ class AMTDataset(torch.utils.data.Dataset):
         num_frames: frames per video prompt.
         seed: seeds each pair's prompt-variant choice, so a pair always reads the same.
         system_prompt: the system message the collator adds (it counts towards the context).
+        drop_modalities: modalities taken out of every prompt (`MODALITIES`: "frames", "audio", "text").
     """
 
     def __init__(self, index: ShardIndex, tasks: Mapping[str, Task], processor: BackboneProcessor,
-                 num_frames: int = 4, seed: int = 0, system_prompt: str | None = None) -> None:
+                 num_frames: int = 4, seed: int = 0, system_prompt: str | None = None,
+                 drop_modalities: Sequence[str] = ()) -> None:
         self.index, self.tasks, self.processor = index, dict(tasks), processor
         self.num_frames, self.seed, self.system_prompt = num_frames, seed, system_prompt
+        self.drop = check_drop(drop_modalities, "AMTDataset")
         self._frame_sizes: dict[int, list[tuple[int, int]]] = {}
         metas = [AMTRecord.from_metadata(e.meta, where=f"{index.paths[e.shard]} record {e.meta.get('id')}")
                  for e in index.entries]
@@ -88,7 +92,7 @@ class AMTDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, str]) -> dict[str, Any]:
         i, name = key
         return make_example(self.index.record(i), self.tasks[name], self.processor, self.num_frames, self.seed,
-                            self.system_prompt)
+                            self.system_prompt, drop=self.drop)
 
     def example_length(self, i: int, task: str) -> int:
         """Tokens of the training row of (record `i`, `task`) as the collator encodes it: the prompt with its
@@ -103,8 +107,9 @@ class AMTDataset(torch.utils.data.Dataset):
             sizes = self._frame_sizes[i] = self.index.frame_sizes(i)
         frames = [_blank_frame(size) for size in sizes]
         record = dataclasses.replace(record, frames=frames)
-        ex = make_example(record, self.tasks[task], self.processor, self.num_frames, self.seed, self.system_prompt)
-        return (self.processor.prompt_length(ex["query"], ex["images"], self.system_prompt)
+        ex = make_example(record, self.tasks[task], self.processor, self.num_frames, self.seed, self.system_prompt,
+                          drop=self.drop)
+        return (self.processor.prompt_length(ex["query"], ex["images"], self.system_prompt, **media_kwargs(ex))
                 + len(self.processor.tokenize(ex["response"])) + len(self.processor.end_ids))
 
 
@@ -128,31 +133,75 @@ class BatchedPairs(torch.utils.data.Dataset):
         return [self.dataset[key] for key in keys]
 
 
+MODALITIES: tuple[str, ...] = ("frames", "audio", "text")
+"""What `drop` (`AMTDataModule(drop_modalities=...)`) can take out of every prompt: the frames (as images or
+video), the audio track, the transcript (the utterance and its dialogue turns' text)."""
+
+
+def check_drop(drop: Sequence[str], owner: str) -> frozenset[str]:
+    """Validate a list of modalities to drop (`MODALITIES`)."""
+    if isinstance(drop, str) or not all(m in MODALITIES for m in drop):
+        raise ValueError(f"{owner}: drop_modalities={drop!r}; expected a list of names from {MODALITIES}")
+    return frozenset(drop)
+
+
 def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, num_frames: int, seed: int,
-                 system_prompt: str | None = None, label: bool = True) -> dict[str, Any]:
-    """One training/evaluation example: the task's (query, response), the frames it shows, and the
-    record without its decoded frames (what parsers and targets read). `record` itself is not changed.
+                 system_prompt: str | None = None, label: bool = True, drop: frozenset[str] = frozenset()
+                 ) -> dict[str, Any]:
+    """One training/evaluation example: the task's (query, response), the media it shows (`task.media`,
+    less the modalities in `drop`), and the record without its decoded media (what parsers and targets
+    read). `record` itself is not changed.
+
+    The example's `images` are the task's frames (empty without "frames" or "video"), `as_video` says
+    to show them as one video, `audio` is the record's waveform (`emoverse.data.audio`) for a task with
+    "audio", or None (not asked, dropped, or the record has none: the AMT manifest counts why). With
+    "text" in `drop` the query shows `TEXT_WITHHELD` in place of the transcript and of every dialogue turn.
 
     A prompt that does not fit the context loses its oldest dialogue turns, one at a time, until it
     fits (the task's instruction and answer format always stay); `truncated` says so. With
     `label=False` (answering unlabelled input) the response is empty.
     """
-    images = rgb_frames(select_frames(record, task.media, num_frames), where=f"record {record.id}")
+    where = f"record {record.id}"
+    shows = set(task.media) - ({"frames", "video"} if "frames" in drop else set()) - (drop & {"audio"})
+    images = rgb_frames(select_frames(record, task.frames, num_frames), where) if shows & {"frames", "video"} else []
+    audio = decode_audio(record.audio, where) if "audio" in shows and record.audio is not None else None
+    media = media_kwargs({"audio": audio, "as_video": "video" in shows})
     seed_text = f"{seed}/{record.id}/{task.name}"
+
+    def pose(context: list[Any]) -> tuple[str, str]:  # (query, response) showing these dialogue turns
+        kept = dataclasses.replace(record, context=context)
+        query = task.query(_without_text(kept) if "text" in drop else kept, random.Random(seed_text))
+        return query, task.response(kept) if label else ""  # the answer names only turns the prompt shows
+
     if label:
-        query, response = task.build(record, random.Random(seed_text))
-    else:
-        query, response = task.query(record, random.Random(seed_text)), ""
+        task.check_label(record)
+    context, truncated = list(record.context), False
+    query, response = pose(context)
     room = processor.max_length - len(processor.tokenize(response)) - len(processor.end_ids)
-    shown, truncated = record, False
-    while processor.prompt_length(query, images, system_prompt) > room:
-        if not shown.context:
+    while processor.prompt_length(query, images, system_prompt, **media) > room:
+        if not context:
             raise ValueError(f"record {record.id} ({task.name}): the prompt does not fit the context of "
                              f"{processor.max_length} tokens even without dialogue context; use fewer frames "
                              "or a backbone with a longer context")
-        shown, truncated = dataclasses.replace(shown, context=shown.context[1:]), True
-        query = task.query(shown, random.Random(seed_text))
-        if label:  # the answer may only name what the prompt still shows (ECPE causes in dropped turns)
-            response = task.response(shown)
-    return {"id": record.id, "task": task.name, "query": query, "response": response,
-            "images": images, "record": dataclasses.replace(record, frames=[]), "truncated": truncated}
+        context, truncated = context[1:], True
+        query, response = pose(context)
+    return {"id": record.id, "task": task.name, "query": query, "response": response, "images": images,
+            "audio": audio, "as_video": "video" in shows,
+            "record": dataclasses.replace(record, frames=[], audio=None), "truncated": truncated}
+
+
+def media_kwargs(example: Mapping[str, Any]) -> dict[str, Any]:
+    """The media arguments of `BackboneProcessor.prompt_length` for an example: only those it shows, so a
+    processor without audio or video support is called exactly as for an image-only example."""
+    return {**({"audio": example["audio"]} if example.get("audio") is not None else {}),
+            **({"as_video": True} if example.get("as_video") else {})}
+
+
+TEXT_WITHHELD = "(transcript withheld)"
+"""What the prompt shows in place of each utterance's text when the "text" modality is dropped."""
+
+
+def _without_text(record: AMTRecord) -> AMTRecord:
+    """`record` with its transcript and its dialogue turns' texts withheld (the "text" modality dropped)."""
+    return dataclasses.replace(record, text=TEXT_WITHHELD,
+                               context=[dataclasses.replace(u, text=TEXT_WITHHELD) for u in record.context])

@@ -82,6 +82,7 @@ class AMTRecord:
     context: list[Utterance] = field(default_factory=list)
     frames: list[Any] = field(default_factory=list, repr=False)
     peak_frame: int | None = None
+    audio: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -147,6 +148,7 @@ class AMTRecord:
         """Everything but the frames, as JSON-ready data (the shard's `.json` member)."""
         meta = asdict(self)
         meta.pop("frames")
+        meta.pop("audio")
         meta["num_frames"] = len(self.frames)
         return meta
 

@@ -10,7 +10,7 @@ curricula need the indexed reader (`ShardIndex` + `TaskWeightedSampler`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ import torch
 
 from emoverse.backbones.base import BackboneProcessor
 from emoverse.curriculum.streams import mix_streams
-from emoverse.data.dataset import make_example
+from emoverse.data.dataset import check_drop, make_example
 from emoverse.data.shards import OnCorrupt, shard_paths, stream_records
 
 if TYPE_CHECKING:
@@ -39,11 +39,13 @@ class AMTStream(torch.utils.data.IterableDataset):
         shuffle: size of webdataset's sample shuffle buffer.
         on_corrupt: "error" or "skip" a bad record or unreadable shard (see `stream_records`).
         system_prompt: the system message the collator adds (prompts are shortened to fit the context with it).
+        drop_modalities: modalities taken out of every prompt (`emoverse.data.dataset.MODALITIES`).
     """
 
     def __init__(self, root: str | Path, split: str, tasks: Mapping[str, Task], ratios: Mapping[str, float],
                  processor: BackboneProcessor, num_frames: int = 4, seed: int = 0, shuffle: int = 1000,
-                 on_corrupt: OnCorrupt = "error", system_prompt: str | None = None) -> None:
+                 on_corrupt: OnCorrupt = "error", system_prompt: str | None = None,
+                 drop_modalities: Sequence[str] = ()) -> None:
         unknown = set(ratios) - set(tasks)
         if unknown:
             raise ValueError(f"AMTStream: ratios name tasks {sorted(unknown)} the module does not have: {sorted(tasks)}")
@@ -52,6 +54,7 @@ class AMTStream(torch.utils.data.IterableDataset):
         self.tasks, self.ratios, self.processor = dict(tasks), dict(ratios), processor
         self.num_frames, self.seed, self.shuffle, self.on_corrupt = num_frames, seed, shuffle, on_corrupt
         self.system_prompt = system_prompt
+        self.drop = check_drop(drop_modalities, "AMTStream")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,7 +82,8 @@ class AMTStream(torch.utils.data.IterableDataset):
         count = 0
         for record, name in mix_streams(streams, self.ratios, seed=seed):
             count += 1
-            yield make_example(record, self.tasks[name], self.processor, self.num_frames, self.seed, self.system_prompt)
+            yield make_example(record, self.tasks[name], self.processor, self.num_frames, self.seed, self.system_prompt,
+                               drop=self.drop)
         if count == 0 and seen[0]:  # a worker given no shard yields nothing, as webdataset does
             raise RuntimeError(
                 f"AMTStream: the {ended[0]!r} stream of {self.root}/{self.split} ({self.num_shards} shards) has no "

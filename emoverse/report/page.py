@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from emoverse.report import analysis, plots
 from emoverse.report.paper import HEADLINE_LABELS, TABLE4_EMOVERSE_4B
+from emoverse.report.modalities import modality_sets
 from emoverse.report.run import Run, load_run
 from emoverse.report.stages import StageView, stage_views
 
@@ -26,7 +27,8 @@ PAGE = "report.html"
 FILES = "report_files"
 SECTIONS: dict[str, str] = {
     "summary": "Run", "loss": "Training loss", "task-mix": "Task mix per stage",
-    "validation": "Validation metrics per task", "headline": "Test metrics", "mer": "MER: emotions",
+    "validation": "Validation metrics per task", "headline": "Test metrics",
+    "modalities": "Test metrics per modality set", "mer": "MER: emotions",
     "msa": "MSA: sentiment", "ecpe": "ECPE: emotion-cause pairs", "samples": "FER and ERI: sample answers",
     "unparsed": "Unparsed answers per task", "reinforcement": "Reinforcement (GRPO stage)",
 }
@@ -69,6 +71,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         "task-mix": lambda: _task_mix(page, stages),
         "validation": lambda: _validation(page, training, stages),
         "headline": lambda: _headline(run),
+        "modalities": lambda: _modalities(run),
         "mer": lambda: _mer(page, run),
         "msa": lambda: _msa(page, run),
         "ecpe": lambda: _ecpe(page, run),
@@ -199,6 +202,20 @@ def _headline(run: Run) -> list[str]:
         body.append(_missing("not in this run's test metrics (no test pairs for the task?): " + ", ".join(missing)))
     body.append(f"<p>{html.escape(why)}</p>")
     return body
+
+
+def _modalities(run: Run) -> list[str]:
+    sets = modality_sets(run)
+    if len(sets) < 2:
+        return ["<p>One modality set tested. For an ablation, <code>emoverse test</code> the same checkpoint once per "
+                "set (<code>--data.init_args.drop_modalities [audio]</code>, <code>[frames]</code>, "
+                "<code>[text]</code>) into the same log folder: their metrics appear here side by side.</p>"]
+    keys = [k for k in HEADLINE_LABELS if any(k in m for m in sets.values())]
+    rows = [[html.escape(HEADLINE_LABELS[k]), *(_percent(k, m[k]) if k in m else "–" for m in sets.values())]
+            for k in keys]
+    return [_table(["metric", *map(html.escape, sets)], rows),
+            f"<p>The same checkpoint tested {len(sets)} times, each time with the named modalities left out of every "
+            "prompt (percent).</p>"]
 
 
 def _paper_comparable(run: Run) -> tuple[bool, str]:

@@ -27,7 +27,12 @@ class Task(ABC):
 
     Attributes:
         name: registry name ("msa", "mer", "fer", "eri", "ecpe").
-        media: which frames the prompt shows: "video" (up to N frames) or "peak" (the peak frame).
+        frames: which frames the prompt shows: "clip" (up to N frames sampled over the clip) or "peak"
+            (the peak frame).
+        media: what the prompt shows besides its text (`MEDIA`): "frames" (the frames as still images),
+            "video" (the same frames as one video, for backbones with a video processor), "audio" (the
+            speaker's audio track); default ("frames",), the paper's. Set per task in YAML
+            (`task_args: {mer: {media: [frames, audio]}}`, through `get_task`).
         max_new_tokens: generation budget at evaluation.
         default_reward_weights: the weight of each reward term ("format": the answer parses, plus the
             task's `reward_terms`); `reward_weights` (a constructor argument of the built-in tasks)
@@ -35,7 +40,8 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
-    media: ClassVar[Literal["video", "peak"]] = "video"
+    frames: ClassVar[Literal["clip", "peak"]] = "clip"
+    media: tuple[str, ...] = ("frames",)
     max_new_tokens: int = 16
     default_reward_weights: ClassVar[Mapping[str, float]] = {"format": 0.1, "correct": 1.0}
     reward_weights: dict[str, float] | None = None
@@ -127,6 +133,27 @@ class Task(ABC):
         """Raise `ValueError` unless `record` carries this task's label (`has_label`)."""
         if not self.has_label(record):
             raise ValueError(f"record {record.id!r} has no label for task {self.name!r}; pair it only with tasks whose has_label() is true")
+
+
+MEDIA: tuple[str, ...] = ("frames", "video", "audio")
+
+
+def check_media(media: Sequence[str], owner: str) -> tuple[str, ...]:
+    """Validate a task's `media`: names from `MEDIA`, no repeats, "frames" and "video" not both.
+
+    Returns:
+        `media` as a tuple in `MEDIA` order.
+    """
+    if isinstance(media, str) or not isinstance(media, Sequence):
+        raise ValueError(f"{owner}.media={media!r}: expected a list of {MEDIA} (which frames a task shows is "
+                         "its `frames` attribute, 'clip' or 'peak')")
+    unknown = [m for m in media if m not in MEDIA]
+    if unknown or len(set(media)) != len(media):
+        raise ValueError(f"{owner}.media={list(media)}: expected distinct names from {MEDIA}")
+    if "frames" in media and "video" in media:
+        raise ValueError(f"{owner}.media={list(media)}: 'frames' (still images) and 'video' show the same frames; "
+                         "choose one")
+    return tuple(m for m in MEDIA if m in media)
 
 
 def check_reward_weights(weights: Mapping[str, float] | None, owner: str,

@@ -115,7 +115,6 @@ class ECPE(Task):
     """
 
     name = "ecpe"
-    media = "video"
     max_new_tokens = 48
 
     def __init__(

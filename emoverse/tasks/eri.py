@@ -20,7 +20,6 @@ class ERI(FreeTextTask):
     """
 
     name = "eri"
-    media = "video"
     label_field = "reason"
 
     def __init__(self, template: str = ERI_TEMPLATE, reward_weights: dict[str, float] | None = None) -> None:

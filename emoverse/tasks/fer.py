@@ -20,7 +20,7 @@ class FER(FreeTextTask):
     """
 
     name = "fer"
-    media = "peak"
+    frames = "peak"
     label_field = "au_caption"
 
     def __init__(self, template: str = FER_TEMPLATE, reward_weights: dict[str, float] | None = None) -> None:

@@ -19,7 +19,7 @@ class FreeTextTask(Task):
     """The answer is `record.labels.<label_field>` verbatim; the parse is the stripped generation
     (empty → `None`); `TokenF1` scores token F1 and exact match against the reference.
 
-    Subclasses set `name`, `media`, `label_field` and a default `template`.
+    Subclasses set `name`, `label_field`, optionally `frames`, and a default `template`.
 
     Reward terms: `correct`, the token F1 against the reference (`metrics.text.token_f1`, what
     `TokenF1` averages).

@@ -36,7 +36,6 @@ class MER(Task):
     """
 
     name = "mer"
-    media = "video"
     max_new_tokens = 8
 
     def __init__(self, template: str = MER_TEMPLATE, reward_weights: dict[str, float] | None = None) -> None:

@@ -39,7 +39,6 @@ class MSA(Task):
     """
 
     name = "msa"
-    media = "video"
     max_new_tokens = 8
     default_reward_weights = {"format": 0.1, "correct": 1.0, "closeness": 0.0}
 

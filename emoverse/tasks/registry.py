@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from emoverse.tasks.base import Task
+from emoverse.tasks.base import Task, check_media
 
 _TASKS: dict[str, type[Task]] = {}
 T = TypeVar("T", bound=type[Task])
@@ -19,13 +20,19 @@ def register_task(cls: T) -> T:
     return cls
 
 
-def get_task(name: str, **kwargs: Any) -> Task:
-    """Build the registered task `name` (kwargs go to its constructor, e.g. a prompt template)."""
+def get_task(name: str, media: Sequence[str] | None = None, **kwargs: Any) -> Task:
+    """Build the registered task `name` (kwargs go to its constructor, e.g. a prompt template).
+
+    Args:
+        media: what its prompts show (`Task.media`: "frames", "video", "audio"); None keeps the task's default.
+    """
     try:
         cls = _TASKS[name]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}") from None
-    return cls(**kwargs)
+    task = cls(**kwargs)
+    task.media = check_media(task.media if media is None else media, f"task {name!r}")
+    return task
 
 
 def list_tasks() -> list[str]:
