@@ -21,7 +21,7 @@ from emoverse.data.record import Utterance
 from emoverse.evaluation import SPLITS
 from emoverse.schedule import StageSchedule
 from emoverse.tasks import get_task, list_tasks
-from emoverse.tasks.base import Task
+from emoverse.tasks.base import Task, check_media_support, default_media
 
 DEFAULT_TASKS = ["msa", "mer", "fer", "eri", "ecpe"]
 TRAINED_KEY = "emoverse_trained"
@@ -39,7 +39,9 @@ class EmoVerseModule(pl.LightningModule):
             (in YAML: `class_path`/`init_args`).
         backbone_args: keyword overrides for a named backbone's preset.
         tasks: the tasks trained and evaluated.
-        task_args: constructor arguments per task, e.g. `{"mer": {"template": "..."}}`.
+        task_args: constructor arguments per task, e.g. `{"mer": {"template": "..."}}`, and what its prompts
+            show, `{"mer": {"media": ["frames", "audio"]}}` (`Task.media`); a task without `media` shows what
+            the backbone takes (`default_media`: the frames, and the audio on a backbone that hears).
         lora_r, lora_alpha, lora_dropout: LoRA settings (the paper: r=8, alpha=32).
         lora_targets: last names of the language model's linear layers that get adapters (e.g.
             `[q_proj, v_proj]`); default: all of them. Never layers outside the language model.
@@ -97,6 +99,11 @@ class EmoVerseModule(pl.LightningModule):
         self.set_trainable(_initial_parts(trainable, curriculum))
         self._record_trained()
         self.tasks: dict[str, Task] = {t: get_task(t, **(task_args or {}).get(t, {})) for t in tasks}
+        accepts = getattr(self.backbone.processor, "modalities", frozenset({"image"}))  # TEMP until audiomodel merge
+        for name, task in self.tasks.items():  # unless configured, a task shows what the backbone takes
+            if "media" not in (task_args or {}).get(name, {}):
+                task.media = default_media(accepts)
+        check_media_support(self.tasks, accepts, backbone if isinstance(backbone, str) else type(backbone).__name__)
         if curriculum is not None:
             from emoverse.grpo import check_grpo_stages
 

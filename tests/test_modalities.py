@@ -104,3 +104,11 @@ def test_drop_modalities_is_checked_and_applies_to_every_split(demo_amt: Path) -
     for batch in (train, val):
         assert "pixel_values" not in batch["inputs"]  # no frame in any row
     assert bb.loss(train)["loss"].isfinite()
+
+
+def test_a_task_asking_for_media_the_backbone_cannot_take_fails_at_start() -> None:
+    from emoverse import EmoVerseModule
+
+    with pytest.raises(ValueError, match=r"task 'mer' shows \['audio'\], which backbone tiny cannot take .*"
+                                         r"task_args: \{mer: \{media: \[\.\.\.\]\}\}"):
+        EmoVerseModule("tiny", tasks=["msa", "mer"], task_args={"mer": {"media": ["frames", "audio"]}})

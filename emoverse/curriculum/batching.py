@@ -11,17 +11,20 @@ import numpy as np
 class TokenBudget:
     """How training batches are formed when their size is set in tokens rather than rows.
 
-    The epoch's shuffled draws are cut into windows of `window` consecutive draws; each window is
-    sorted by length and cut greedily into batches whose cost stays within `max_tokens`, so rows of a
-    batch have similar lengths; then the epoch's batches are shuffled (seeded). Every draw of the
-    epoch lands in exactly one batch; a draw longer than `max_tokens` forms a batch of its own.
+    Padded batches: the epoch's shuffled draws are cut into windows of `window` consecutive draws; each
+    window is sorted by length and cut greedily into batches whose cost stays within `max_tokens`, so
+    rows of a batch have similar lengths; then the epoch's batches are shuffled (seeded). Packed
+    batches (`packing`) have no padding to save, so their draws keep the epoch's shuffled order (and
+    so its mix of tasks in every batch): consecutive draws fill a row up to `max_tokens`. Every draw
+    of the epoch lands in exactly one batch; a draw longer than `max_tokens` forms a batch of its own.
 
     Attributes:
         max_tokens: the budget of one batch on one rank: rows x longest row for padded batches,
             the sum of the rows' lengths with `packing` (prompt, visual and response tokens).
         packing: batches are packed into one row (cost: the sum of lengths).
-        window: draws per length-sorting window; larger windows pad less but make batches more
-            alike in length, hence in task (the epoch's task ratios stay exact either way).
+        window: draws per length-sorting window of padded batches; larger windows pad less but make
+            batches more alike in length, hence in task (the epoch's task ratios stay exact either way).
+            Not used with `packing`.
     """
 
     max_tokens: int
@@ -52,17 +55,19 @@ def plan_batches(lengths: np.ndarray, budget: TokenBudget, rng: np.random.Genera
         rng: shuffles the order of the batches.
 
     Returns:
-        The batches, each an array of positions into `lengths` (ascending length inside a batch).
+        The batches, each an array of positions into `lengths` (ascending length inside a padded batch,
+        draw order inside a packed one).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     batches: list[np.ndarray] = []
-    for start in range(0, len(lengths), budget.window):
-        window = np.arange(start, min(start + budget.window, len(lengths)))
-        window = window[np.argsort(lengths[window], kind="stable")]
+    step = len(lengths) if budget.packing else budget.window
+    for start in range(0, len(lengths), max(step, 1)):
+        window = np.arange(start, min(start + step, len(lengths)))
+        if not budget.packing:  # sorted: the newcomer is the longest row of the batch
+            window = window[np.argsort(lengths[window], kind="stable")]
         rows: list[int] = []
         total = longest = 0
         for i, n in zip(window.tolist(), lengths[window].tolist()):
-            # ascending lengths: the newcomer is the longest row of the batch
             cost = total + n if budget.packing else n * (len(rows) + 1)
             if rows and cost > budget.max_tokens:
                 batches.append(np.array(rows, dtype=np.int64))

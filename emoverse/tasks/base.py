@@ -156,6 +156,34 @@ def check_media(media: Sequence[str], owner: str) -> tuple[str, ...]:
     return tuple(m for m in MEDIA if m in media)
 
 
+MEDIA_INPUTS: dict[str, str] = {"frames": "image", "video": "video", "audio": "audio"}
+"""The backbone input (`BackboneProcessor.modalities`) each task medium needs."""
+
+
+def default_media(accepts: frozenset[str]) -> tuple[str, ...]:
+    """What a task shows on a backbone taking `accepts` unless its config names `media`: the frames as still
+    images where it sees, the audio where it hears (an audio-only backbone: the audio alone)."""
+    return tuple(m for m in ("frames", "audio") if MEDIA_INPUTS[m] in accepts)
+
+
+def check_media_support(tasks: Mapping[str, Task], accepts: frozenset[str], backbone: str) -> None:
+    """Raise a one-line `ValueError` when a task shows media the backbone cannot take (checked at start, not
+    mid-run): e.g. audio on a backbone without an audio encoder.
+
+    Args:
+        tasks: the run's tasks by name.
+        accepts: the backbone's inputs (`BackboneProcessor.modalities`: "image", "video", "audio").
+        backbone: its name, for the message.
+    """
+    for name, task in tasks.items():
+        missing = [m for m in task.media if MEDIA_INPUTS[m] not in accepts]
+        if missing:
+            can = [m for m, need in MEDIA_INPUTS.items() if need in accepts and not (m == "video" and "frames" in task.media)]
+            raise ValueError(f"task {name!r} shows {missing}, which backbone {backbone} cannot take (it takes "
+                             f"{sorted(accepts)}); set task_args: {{{name}: {{media: [...]}}}} to some of {can}, "
+                             "or choose a backbone that takes them (docs/audio.md)")
+
+
 def check_reward_weights(weights: Mapping[str, float] | None, owner: str,
                          defaults: Mapping[str, float]) -> dict[str, float] | None:
     """Validate `reward_weights`: known terms (`defaults`' keys), finite and >= 0.
