@@ -3,14 +3,15 @@
 1. Every source reader yields candidates and rejections (`emoverse.amt.sources`); duplicates and
    conflicts are resolved (`emoverse.amt.qc`); `limit` keeps the first records of each source and split.
 2. Each split's candidates are cut, in reading order, into shards of `shard_size` records. A shard is
-   a unit of work: its clips are decoded (`emoverse.amt.video`), its FER labels made from the AU rows
+   a unit of work: its clips are decoded (frames: `emoverse.amt.video`; audio: `emoverse.data.audio`),
+   its FER labels made from the AU rows
    (`emoverse.amt.fer`), its ERI reasons generated or read from the cache (`emoverse.amt.eri`), and it
    is written to a temporary file, renamed into place, and marked done by its QC sidecar
    (`amt-{split}-{k}.qc.json`, with a fingerprint of the settings and record ids). A rerun skips shards
    that are done for the same settings, so a build interrupted anywhere ends with the same shards as
    an uninterrupted one, and a changed setting rebuilds. Shards run in `workers` processes.
 3. The manifest (`manifest.json`) sums the readers' rejections and every shard's QC; `qc.jsonl` lists
-   each dropped record and removed label with its origin (file and line) and reason.
+   each dropped record, removed label and audio fault with its origin (file and line) and reason.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from emoverse.amt.sources.ecf import ECFSource
 from emoverse.amt.sources.meld import MELDSource
 from emoverse.amt.sources.mosei import MOSEISource
 from emoverse.amt.video import MediaError, read_clip
+from emoverse.data.audio import AUDIO_KEY, encode_audio, read_clip_audio
 from emoverse.data.record import AMTRecord
 
 TASK_LABELS: dict[str, str] = {"msa": "sentiment", "mer": "emotion", "fer": "au_caption", "eri": "reason",
@@ -60,6 +62,10 @@ class AMTBuildConfig:
         jpeg_quality: JPEG quality of the stored frames.
         require_media: True: every source needs its video folder and a record whose video file is missing is
             dropped (`missing_media`); False: such records are kept text-only (`text_only` in qc.jsonl).
+        audio: True: store each clip's audio track (16 kHz mono FLAC, at most 30 s; `emoverse.data.audio`)
+            beside its frames; a clip whose audio is missing, undecodable, too short or silent is kept
+            without audio and counted per reason (the manifest's `audio.faults`, `kind: audio` in qc.jsonl).
+            False: no audio is read, and the shards are those of a build before audio existed.
         shard_size: records per shard (at most).
         workers: shard-building processes (1 = in this process).
         au_table: "emfacs", "merr" or a JSON/YAML AU table (`emoverse.amt.facs.load_au_table`).
@@ -77,6 +83,7 @@ class AMTBuildConfig:
     frame_size: int = 448
     jpeg_quality: int = 90
     require_media: bool = True
+    audio: bool = True
     shard_size: int = 1000
     workers: int = 1
     au_table: str = "emfacs"
@@ -183,9 +190,10 @@ class ShardBuilder:
         tmp = job.path.with_name(f".{job.path.name}.tmp")
         write_tar(records, tmp)
         os.replace(tmp, job.path)
-        for r in records:  # the frames are on disk now; a one-process build would otherwise hold them all
-            r.frames = []
-        result = {"split": job.split, "shard": job.path.name, "records": len(records),
+        with_audio = sum(r.audio is not None for r in records)
+        for r in records:  # the media are on disk now; a one-process build would otherwise hold them all
+            r.frames, r.audio = [], None
+        result = {"split": job.split, "shard": job.path.name, "records": len(records), "audio": with_audio,
                   "sources": dict(Counter(r.source for r in records)), "labels": label_counts(records),
                   "qc": log.to_dict(), "fingerprint": fingerprint(self.config, job)}
         side_tmp = job.sidecar.with_name(f".{job.sidecar.name}.tmp")
@@ -219,16 +227,32 @@ class ShardBuilder:
         r.frames, r.peak_frame = clip.frames, clip.peak_frame
         if label is not None and label.caption is not None:
             r.labels.au_caption = label.caption
+        if self.config.audio:
+            self._audio(c, r, log)
         return r
+
+    def _audio(self, c: Candidate, r: AMTRecord, log: QCLog) -> None:
+        """Give `r` its clip's audio (the separate audio file, else the video's track), counting any fault."""
+        assert c.clip is not None
+        got = read_clip_audio(c.clip.audio or c.clip.video, c.clip.start, c.clip.end)
+        if got.fault is not None:
+            log.audio(r.id, r.source, r.split, got.fault, c.origin, got.detail)
+        if got.cut:
+            log.audio(r.id, r.source, r.split, "audio_cut", c.origin, got.detail)
+        if got.wave is not None:
+            r.audio = encode_audio(got.wave)
 
 
 def write_tar(records: Iterable[AMTRecord], path: Path) -> None:
-    """One shard in the `emoverse.data.shards` layout (`{id}.json`, `{id}.f{k}.jpg`), byte-for-byte
-    reproducible (fixed member order, mtime, owner)."""
+    """One shard in the `emoverse.data.shards` layout (`{id}.json`, `{id}.f{k}.jpg`, `{id}.audio.flac` when the
+    record has audio), byte-for-byte reproducible (fixed member order, mtime, owner)."""
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for rec in records:
             members = [(f"{rec.id}.json", rec.to_json().encode())]
             members += [(f"{rec.id}.f{k}.jpg", frame) for k, frame in enumerate(rec.frames)]
+            if rec.audio is not None:
+                audio = bytes(rec.audio) if isinstance(rec.audio, (bytes, bytearray)) else encode_audio(rec.audio)
+                members.append((f"{rec.id}.{AUDIO_KEY}", audio))
             for name, data in members:
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o444
@@ -312,8 +336,10 @@ def write_manifest(config: AMTBuildConfig, jobs: list[ShardJob], read: dict[str,
     for job in jobs:
         result = json.loads(job.sidecar.read_text())
         log.extend(QCLog.from_dict(result["qc"]))
-        s = splits.setdefault(job.split, {"records": 0, "shards": 0, "sources": Counter(), "labels": Counter()})
+        s = splits.setdefault(job.split, {"records": 0, "audio": 0, "shards": 0, "sources": Counter(),
+                                          "labels": Counter()})
         s["records"] += result["records"]
+        s["audio"] += result.get("audio", 0)
         s["shards"] += 1
         s["sources"].update(result["sources"])
         s["labels"].update(result["labels"])
@@ -325,8 +351,10 @@ def write_manifest(config: AMTBuildConfig, jobs: list[ShardJob], read: dict[str,
     table1 = {TABLE1_NAMES[t]: totals.get(t, 0) for t in TASK_LABELS}
     table1["Total"] = sum(s["records"] for s in splits.values())
     notes = {"ecf_duplicate_pairs_merged": config.ecf.duplicate_pairs} if config.ecf is not None else {}
-    manifest = {"name": "emoverse-amt", "splits": splits, "source_rows": read, **log.counts(), "notes": notes,
-                "table1": table1,
+    audio = {"enabled": config.audio, "records": sum(s["audio"] for s in splits.values()),
+             "faults": log.audio_counts()}
+    manifest = {"name": "emoverse-amt", "splits": splits, "source_rows": read, **log.counts(), "audio": audio,
+                "notes": notes, "table1": table1,
                 "config": _jsonable(asdict(config))}
     (out / "qc.jsonl").write_text(log.to_jsonl())
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))

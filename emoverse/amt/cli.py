@@ -48,5 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table1(manifest))
     dropped = sum(manifest["dropped"].values())
     print(f"dropped records: {dropped} {manifest['dropped']}; labels removed: {manifest['labels_removed']}")
+    audio = manifest["audio"]
+    if audio["enabled"]:
+        print(f"records with audio: {audio['records']}; audio faults: {audio['faults']}")
     print(f"manifest: {config.output}/manifest.json")
     return 0

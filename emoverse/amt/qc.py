@@ -1,7 +1,8 @@
 """Quality control over candidate records: duplicates and conflicts, with every drop counted.
 
-Media checks (missing or unreadable video) and FER checks (no face) happen when a shard is built
-(`emoverse.amt.build`); both report through `QCLog`, which the manifest sums.
+Media checks (missing or unreadable video), FER checks (no face) and audio checks (`emoverse.data.audio`:
+no stream, undecodable, too short, silent, clipped, cut) happen when a shard is built
+(`emoverse.amt.build`); all report through `QCLog`, which the manifest sums.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emoverse.amt.sources.base import DROP_REASONS, LABEL_REMOVALS, Candidate, Rejected
+from emoverse.data.audio import AUDIO_FAULTS
 
 
 @dataclass
 class QCLog:
-    """Drops (whole records) and label removals, each with the record id, where it came from and why."""
+    """Drops (whole records), label removals and audio faults, each with the record id, where it came from and why."""
 
     drops: list[dict[str, str]] = field(default_factory=list)
     removals: list[dict[str, str]] = field(default_factory=list)
+    audio_faults: list[dict[str, str]] = field(default_factory=list)
 
     def drop(self, rid: str, source: str, split: str, reason: str, origin: str, detail: str = "") -> None:
         if reason not in DROP_REASONS:
@@ -34,28 +37,40 @@ class QCLog:
         self.removals.append({"id": rid, "source": source, "split": split, "reason": reason, "origin": origin,
                               "detail": detail})
 
+    def audio(self, rid: str, source: str, split: str, reason: str, origin: str, detail: str = "") -> None:
+        """An audio fault of a kept record (`emoverse.data.audio.AUDIO_FAULTS`)."""
+        if reason not in AUDIO_FAULTS:
+            raise ValueError(f"audio fault {reason!r}; expected one of {sorted(AUDIO_FAULTS)}")
+        self.audio_faults.append({"id": rid, "source": source, "split": split, "reason": reason, "origin": origin,
+                                  "detail": detail})
+
     def rejected(self, item: Rejected) -> None:
         self.drop(item.id, item.source, item.split, item.reason, item.origin, item.detail)
 
     def extend(self, other: QCLog) -> None:
         self.drops += other.drops
         self.removals += other.removals
+        self.audio_faults += other.audio_faults
 
     def counts(self) -> dict[str, Any]:
         return {"dropped": dict(sorted(Counter(d["reason"] for d in self.drops).items())),
                 "labels_removed": dict(sorted(Counter(d["reason"] for d in self.removals).items()))}
 
+    def audio_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(d["reason"] for d in self.audio_faults).items()))
+
     def to_jsonl(self) -> str:
         lines = [json.dumps({"kind": "drop", **d}, ensure_ascii=False) for d in self.drops]
         lines += [json.dumps({"kind": "label_removed", **d}, ensure_ascii=False) for d in self.removals]
+        lines += [json.dumps({"kind": "audio", **d}, ensure_ascii=False) for d in self.audio_faults]
         return "\n".join(lines) + ("\n" if lines else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"drops": self.drops, "removals": self.removals}
+        return {"drops": self.drops, "removals": self.removals, "audio": self.audio_faults}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QCLog:
-        return cls(drops=list(data["drops"]), removals=list(data["removals"]))
+        return cls(drops=list(data["drops"]), removals=list(data["removals"]), audio_faults=list(data.get("audio", [])))
 
 
 def deduplicate(candidates: Iterable[Candidate], log: QCLog) -> list[Candidate]:

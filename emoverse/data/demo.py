@@ -5,6 +5,11 @@ emotion, AU caption, emotion reason and emotion-cause pairs. The drawn face and 
 decide the labels: half of the utterances are emotionally flat, so only the face tells the emotion,
 and the sign of a surprise depends on the words. In each dialogue one turn tells an event and a
 later turn reacts to it: that event turn is the cause of the reaction's emotion.
+
+Every clip also has a short voice (`emoverse.data.demo_voice`): its pitch contour, loudness, syllable
+rate and tremolo follow the emotion, the contour's slope the sentiment, so sound alone tells both.
+The voices come from their own per-record generators: the words, faces and labels are the same with
+or without them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emoverse.amt.facs import EMOTION_AUS, OPENFACE_AUS, au_caption
+from emoverse.data.demo_voice import demo_voice
 from emoverse.data.faces import draw_face
 from emoverse.data.record import EMOTIONS, AMTLabels, AMTRecord, Utterance
 from emoverse.data.shards import write_shards
@@ -74,7 +82,15 @@ def _caption(emotion: str, rng: random.Random) -> str:
     return au_caption(active, emotion)
 
 
-def _monologue(i: int, split: str, rng: random.Random, n: int, size: int) -> AMTRecord:
+def _voice(rid: str, emotion: str, valence: float, seed: int, seconds: float | None) -> np.ndarray | None:
+    """The record's voice, from a generator of its own (None: the demo without audio)."""
+    if seconds is None:
+        return None
+    return demo_voice(emotion, valence, random.Random(f"{seed}/voice/{rid}"), seconds)
+
+
+def _monologue(i: int, split: str, rng: random.Random, n: int, size: int, seed: int,
+               audio_seconds: float | None) -> AMTRecord:
     emotion = rng.choice(EMOTIONS)
     flat = rng.random() < 0.5
     text = rng.choice(FLAT) if flat else rng.choice(CUES[emotion])
@@ -87,12 +103,14 @@ def _monologue(i: int, split: str, rng: random.Random, n: int, size: int) -> AMT
         text, score = "Really. " + text, score * 1.4
     sentiment = round(max(-3.0, min(3.0, score)) * 3) / 3
     frames, peak = _frames(emotion, rng, n, size)
-    return AMTRecord(id=f"demo-mono-{i:06d}", source="demo", split=split, text=text + ".",
+    rid = f"demo-mono-{i:06d}"
+    return AMTRecord(id=rid, source="demo", split=split, text=text + ".",
                      labels=AMTLabels(sentiment=sentiment, au_caption=_caption(emotion, rng)),
-                     frames=frames, peak_frame=peak)
+                     frames=frames, peak_frame=peak, audio=_voice(rid, emotion, sentiment, seed, audio_seconds))
 
 
-def _dialogue(d: int, split: str, rng: random.Random, n: int, size: int) -> list[AMTRecord]:
+def _dialogue(d: int, split: str, rng: random.Random, n: int, size: int, seed: int,
+              audio_seconds: float | None) -> list[AMTRecord]:
     turns = rng.randint(3, 6)
     emotion = rng.choice(list(EVENTS))
     event_turn = rng.randint(1, turns - 1)
@@ -114,10 +132,12 @@ def _dialogue(d: int, split: str, rng: random.Random, n: int, size: int) -> list
         else:
             text = rng.choice(FLAT + CUES["neutral"]) + "."
         frames, peak = _frames(emo, rng, n, size)
+        rid = f"demo-dia{d:05d}-t{t}"
         records.append(AMTRecord(
-            id=f"demo-dia{d:05d}-t{t}", source="demo", split=split, text=text, speaker=speaker,
+            id=rid, source="demo", split=split, text=text, speaker=speaker,
             dialogue_id=f"demo-dia{d:05d}", turn=t, context=list(context), frames=frames, peak_frame=peak,
             labels=AMTLabels(emotion=emo, au_caption=_caption(emo, rng), reason=reason, cause_pairs=pairs),
+            audio=_voice(rid, emo, VALENCE[emo], seed, audio_seconds),
         ))
         context.append(Utterance(turn=t, speaker=speaker, text=text, emotion=emo))
     return records
@@ -139,6 +159,7 @@ def make_demo_amt(
     num_dialogues: int = 160,
     num_frames: int = 4,
     image_size: int = 64,
+    audio_seconds: float | None = 1.0,
 ) -> dict[str, Any]:
     """Write the demo AMT as webdataset shards under `path`; deterministic from `seed`.
 
@@ -149,22 +170,28 @@ def make_demo_amt(
         num_dialogues: MELD/ECF-like dialogues of 3-6 turns (MER, FER, ERI, ECPE).
         num_frames: frames per record.
         image_size: frame side in pixels.
+        audio_seconds: length of each record's voice (16 kHz, stored as FLAC); None: no audio, and the
+            shards hold what they held before the demo had audio.
 
     Returns:
-        The manifest: records per split and labels per task.
+        The manifest: records per split (and with audio) and labels per task.
     """
+    if audio_seconds is not None and not 0.1 <= audio_seconds <= 30.0:
+        raise ValueError(f"make_demo_amt: audio_seconds={audio_seconds!r}, expected None or 0.1..30 seconds")
     rng = random.Random(seed)
     by_split: dict[str, list[AMTRecord]] = {s: [] for s, _ in SPLITS}
     for i in range(num_monologues):
-        by_split[_split_of(i, num_monologues)].append(_monologue(i, _split_of(i, num_monologues), rng, num_frames, image_size))
+        split = _split_of(i, num_monologues)
+        by_split[split].append(_monologue(i, split, rng, num_frames, image_size, seed, audio_seconds))
     for d in range(num_dialogues):
         split = _split_of(d, num_dialogues)
-        by_split[split].extend(_dialogue(d, split, rng, num_frames, image_size))
+        by_split[split].extend(_dialogue(d, split, rng, num_frames, image_size, seed, audio_seconds))
     manifest: dict[str, Any] = {"name": "emoverse-demo", "seed": seed, "splits": {}}
     for split, records in by_split.items():
         write_shards(records, path, split, maxcount=400)
         labels = {f: sum(getattr(r.labels, f) is not None for r in records)
                   for f in ("sentiment", "emotion", "au_caption", "reason", "cause_pairs")}
-        manifest["splits"][split] = {"records": len(records), "labels": labels}
+        manifest["splits"][split] = {"records": len(records), "audio": sum(r.audio is not None for r in records),
+                                     "labels": labels}
     Path(path, "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args
+
+import numpy as np
+
+from emoverse.data.audio import AUDIO_KEY, check_wave
 
 EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 """The seven MELD / ECF 2.0 emotion labels, in the order used for metrics."""
@@ -69,6 +73,8 @@ class AMTRecord:
         context: other turns of the dialogue (ECPE): the preceding ones, or the whole conversation (ECF builds).
         frames: decoded RGB frames (PIL images) or encoded JPEG bytes, in time order.
         peak_frame: index into `frames` of the most expressive frame (FER), when known.
+        audio: the clip's audio: a decoded waveform (1-D float32 in [-1, 1], 16 kHz mono, at most 30 s;
+            `emoverse.data.audio`) or its FLAC bytes; None: no audio. Not compared by `==`.
     """
 
     id: str
@@ -82,7 +88,7 @@ class AMTRecord:
     context: list[Utterance] = field(default_factory=list)
     frames: list[Any] = field(default_factory=list, repr=False)
     peak_frame: int | None = None
-    audio: Any = field(default=None, repr=False)
+    audio: np.ndarray | bytes | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -120,6 +126,12 @@ class AMTRecord:
                                  "(convert 16-bit or float images to 8-bit RGB yourself, with your scaling)")
             if mode is None and not isinstance(frame, bytes):
                 raise ValueError(f"{where} frame {k}: {type(frame).__name__}; expected a PIL image or JPEG bytes")
+        if isinstance(self.audio, (bytes, bytearray)):
+            if self.audio[:4] != b"fLaC":
+                raise ValueError(f"{where}: audio is {len(self.audio)} bytes that are not FLAC (no 'fLaC' marker); "
+                                 "expected FLAC bytes (emoverse.data.audio.encode_audio) or a float32 waveform")
+        elif self.audio is not None:
+            check_wave(self.audio, f"{where}")
 
     def _check_labels(self, where: str) -> None:
         labels = self.labels
@@ -145,24 +157,31 @@ class AMTRecord:
                                      f"emotion) with 1-based int turns and an emotion from {EMOTIONS}")
 
     def metadata(self) -> dict[str, Any]:
-        """Everything but the frames, as JSON-ready data (the shard's `.json` member)."""
-        meta = asdict(self)
-        meta.pop("frames")
-        meta.pop("audio")
+        """Everything but the frames and the audio, as JSON-ready data (the shard's `.json` member):
+        `num_frames` counts the frames, and `"audio": "audio.flac"` (only when the record has audio)
+        names the audio member, so a record without audio has the same JSON as before audio existed."""
+        meta = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("frames", "audio")}
         meta["num_frames"] = len(self.frames)
+        if self.audio is not None:
+            meta["audio"] = AUDIO_KEY
         return meta
 
     def to_json(self) -> str:
         return json.dumps(self.metadata(), ensure_ascii=False)
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any], frames: list[Any] | None = None, where: str = "") -> AMTRecord:
-        """Rebuild a record from its `.json` member; errors name `where` (file and key) and the field."""
+    def from_metadata(cls, meta: dict[str, Any], frames: list[Any] | None = None, where: str = "",
+                      audio: np.ndarray | bytes | None = None) -> AMTRecord:
+        """Rebuild a record from its `.json` member (and its decoded frames and audio, when read);
+        errors name `where` (file and key) and the field."""
         where = where or "record"
         if not isinstance(meta, dict):
             raise ValueError(f"{where}: metadata is {type(meta).__name__}, expected a JSON object")
         meta = dict(meta)
         meta.pop("num_frames", None)
+        flag = meta.pop("audio", None)
+        if flag not in (None, AUDIO_KEY):
+            raise ValueError(f"{where}: audio={flag!r} in its metadata; expected {AUDIO_KEY!r} or no key")
         try:
             labels = meta.pop("labels", {}) or {}
             if not isinstance(labels, dict):
@@ -179,12 +198,26 @@ class AMTRecord:
             raise ValueError(f"{where}: bad AMT record metadata ({err}); record fields are "
                              f"{list(cls.__dataclass_fields__)}, label fields {list(LABEL_FIELDS)}") from err
         try:
-            return cls(**meta, frames=list(frames or []))
+            return cls(**meta, frames=list(frames or []), audio=audio)
         except TypeError as err:
             raise ValueError(f"{where}: bad AMT record metadata ({err}); fields are {list(cls.__dataclass_fields__)}") from err
         except ValueError as err:  # the field checks of __post_init__ ("record X: ..."), with the file instead
             message, own = str(err), f"record {meta.get('id')}"
             raise ValueError(f"{where}{message[len(own):]}" if message.startswith(own) else f"{where}: {message}") from None
+
+
+def has_audio(meta: dict[str, Any]) -> bool:
+    """Whether a record's `.json` metadata says the record has an audio member."""
+    return meta.get("audio") == AUDIO_KEY
+
+
+def _plain(value: Any) -> Any:
+    """`dataclasses.asdict`'s conversion of one field value (dataclasses to dicts, lists and tuples copied)."""
+    if is_dataclass(value):
+        return asdict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _check_optional_str(where: str, name: str, value: Any) -> None:

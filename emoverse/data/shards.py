@@ -1,4 +1,4 @@
-"""AMT on disk: webdataset shards (`{id}.json` + `{id}.f{k}.jpg` per record), written and read back.
+"""AMT on disk: webdataset shards (`{id}.json` + `{id}.f{k}.jpg` [+ `{id}.audio.flac`] per record), written and read back.
 
 Layout: `{root}/{split}/amt-{split}-000000.tar ...` and `{root}/manifest.json`.
 `ShardIndex` reads the shards by random access (a member index built from the tar headers), which
@@ -7,7 +7,7 @@ webdataset stream split across DDP ranks and dataloader workers.
 
 Every record is validated when written (`write_shards`) and when read; read errors name the shard
 file and the record key. A corrupt shard or record (unreadable tar, invalid JSON, invalid fields,
-missing frames) is an error by default; `on_corrupt="skip"` skips it instead, counts it in
+missing frames or audio, audio that does not decode) is an error by default; `on_corrupt="skip"` skips it instead, counts it in
 `ShardIndex.skipped` and warns once with the list (docs/reliability.md).
 """
 
@@ -26,7 +26,8 @@ from typing import Any, Literal
 import webdataset as wds
 from PIL import Image
 
-from emoverse.data.record import FRAME_MODES, SPLITS, AMTRecord
+from emoverse.data.audio import AUDIO_KEY, decode_audio, encode_audio
+from emoverse.data.record import FRAME_MODES, SPLITS, AMTRecord, has_audio
 
 OnCorrupt = Literal["error", "skip"]
 ON_CORRUPT: tuple[str, ...] = ("error", "skip")
@@ -55,9 +56,10 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 def write_shards(records: Iterable[AMTRecord], root: str | Path, split: str, maxcount: int = 1000) -> list[Path]:
     """Write `records` of one split as webdataset shards under `root/split/`; returns the shard paths.
 
-    Frames may be PIL images (encoded as JPEG) or JPEG bytes (written as they are). Every record is
-    checked first as reading will check it (`AMTRecord`'s field checks on its JSON round trip, its
-    split equal to `split`, frames of an 8-bit mode, JPEG bytes that decode), so a bad record fails
+    Frames may be PIL images (encoded as JPEG) or JPEG bytes (written as they are); audio a waveform
+    (encoded as FLAC, `{id}.audio.flac`) or FLAC bytes (written as they are). Every record is checked
+    first as reading will check it (`AMTRecord`'s field checks on its JSON round trip, its split equal
+    to `split`, frames of an 8-bit mode, JPEG bytes and FLAC bytes that decode), so a bad record fails
     here, named, instead of when training reads it.
 
     Raises:
@@ -91,6 +93,11 @@ def _sample(rec: AMTRecord, split: str) -> dict[str, Any]:
             sample[f"f{k}.jpg"] = frame
         else:
             sample[f"f{k}.jpg"] = encode_jpeg(frame)
+    if isinstance(rec.audio, (bytes, bytearray)):
+        decode_audio(rec.audio, f"{where} audio")
+        sample[AUDIO_KEY] = bytes(rec.audio)
+    elif rec.audio is not None:
+        sample[AUDIO_KEY] = encode_audio(rec.audio)
     return sample
 
 
@@ -114,6 +121,7 @@ class _Entry:
     shard: int
     meta: dict[str, Any]
     frames: list[tuple[int, int]] = field(default_factory=list)  # (offset, size) per frame, in order
+    audio: tuple[int, int] | None = None  # (offset, size) of the audio member
 
 
 class ShardIndex:
@@ -162,13 +170,24 @@ class ShardIndex:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_files": {}}
 
-    def record(self, i: int, with_frames: bool = True) -> AMTRecord:
-        """Record `i`, its frames decoded to PIL images when `with_frames`."""
+    def record(self, i: int, with_frames: bool = True, with_audio: bool | None = None) -> AMTRecord:
+        """Record `i`, its frames decoded to PIL images when `with_frames` and its audio to a waveform
+        when `with_audio` (default: as `with_frames`)."""
         e = self.entries[i]
         where = f"{self.paths[e.shard]} record {e.meta.get('id')}"
         frames = [decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}")
                   for k, (off, n) in enumerate(e.frames)] if with_frames else []
-        return AMTRecord.from_metadata(e.meta, frames, where=where)
+        audio = None
+        if e.audio is not None and (with_frames if with_audio is None else with_audio):
+            audio = decode_audio(self._frame(e.shard, *e.audio, f"{where} audio"), f"{where} audio")
+        return AMTRecord.from_metadata(e.meta, frames, where=where, audio=audio)
+
+    def audio_bytes(self, i: int) -> bytes | None:
+        """Record `i`'s audio member as stored (FLAC), or None when it has no audio."""
+        e = self.entries[i]
+        if e.audio is None:
+            return None
+        return self._frame(e.shard, *e.audio, f"{self.paths[e.shard]} record {e.meta.get('id')} audio")
 
     def frame_sizes(self, i: int) -> list[tuple[int, int]]:
         """(width, height) of record `i`'s frames, from their image headers (the pixels are not decoded)."""
@@ -210,6 +229,7 @@ def _index_tar(path: Path, shard: int, split: str, skipped: list[tuple[str, str 
     an unreadable tar always raises (the caller decides whether the whole shard is skipped)."""
     entries: dict[str, _Entry] = {}
     frames: dict[str, dict[int, tuple[int, int]]] = {}
+    audio: dict[str, tuple[int, int]] = {}
     bad: set[str] = set()
 
     def reject(key: str, reason: str) -> None:
@@ -244,8 +264,11 @@ def _index_tar(path: Path, shard: int, split: str, skipped: list[tuple[str, str 
                         entries[key] = _Entry(shard, meta)
                 elif ext.startswith("f") and ext.endswith(".jpg") and ext[1:-4].isdigit():
                     frames.setdefault(key, {})[int(ext[1:-4])] = (m.offset_data, m.size)
+                elif ext == AUDIO_KEY:
+                    audio[key] = (m.offset_data, m.size)
                 else:
-                    raise CorruptShardError(f"{path}: member {m.name!r}; expected {{key}}.json or {{key}}.f{{k}}.jpg")
+                    raise CorruptShardError(f"{path}: member {m.name!r}; expected {{key}}.json, {{key}}.f{{k}}.jpg "
+                                            f"or {{key}}.{AUDIO_KEY}")
     except (tarfile.TarError, EOFError, OSError) as err:
         after = f" at member {last}, record {last.rpartition('/')[2].partition('.')[0]}" if last else ""
         first_line = str(err).splitlines()[0].rstrip(":") if str(err) else ""
@@ -261,9 +284,15 @@ def _index_tar(path: Path, shard: int, split: str, skipped: list[tuple[str, str 
             reject(key, f"frames {sorted(got)}, expected f0..f{want - 1}")
             continue
         e.frames = [got[k] for k in range(want)]
-    missing = set(frames) - set(entries) - bad
+        if has_audio(e.meta) != (key in audio):
+            del entries[key]
+            reject(key, f"its .json says audio={e.meta.get('audio')!r} but the shard has "
+                        f"{'a' if key in audio else 'no'} {key}.{AUDIO_KEY} member")
+            continue
+        e.audio = audio.get(key)
+    missing = (set(frames) | set(audio)) - set(entries) - bad
     if missing:
-        raise CorruptShardError(f"{path}: frames without a .json record for keys {sorted(missing)[:5]}")
+        raise CorruptShardError(f"{path}: frames or audio without a .json record for keys {sorted(missing)[:5]}")
     return list(entries.values())
 
 
@@ -291,11 +320,12 @@ def check_complete(path: str | Path, after: str = "") -> None:
 
 
 def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0,
-                   on_corrupt: OnCorrupt = "error") -> Iterator[AMTRecord]:
+                   on_corrupt: OnCorrupt = "error", with_audio: bool = True) -> Iterator[AMTRecord]:
     """Stream a split's records with webdataset, shards split across DDP ranks and workers.
 
     Errors name the shard and record key; `on_corrupt="skip"` skips a bad record, or the rest of
-    an unreadable shard, with a warning each.
+    an unreadable shard, with a warning each. `with_audio=False` leaves each record's audio undecoded
+    (`audio` None), for tasks that do not hear it.
     """
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"stream_records: on_corrupt={on_corrupt!r}, expected one of {ON_CORRUPT}")
@@ -340,7 +370,14 @@ def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0
             if missing:
                 raise ValueError(f"{where}: frames {missing} missing, expected f0..f{n - 1}")
             frames = [decode_image(sample[f"f{k}.jpg"], f"{where} frame {k}") for k in range(n)]
-            record = AMTRecord.from_metadata(meta, frames, where=where)
+            audio = None
+            if isinstance(meta, dict) and has_audio(meta):
+                if AUDIO_KEY not in sample:
+                    raise ValueError(f"{where}: its .json says audio={AUDIO_KEY!r} but the {AUDIO_KEY} member is missing")
+                audio = decode_audio(sample[AUDIO_KEY], f"{where} audio") if with_audio else None
+            elif AUDIO_KEY in sample and isinstance(meta, dict) and "audio" not in meta:  # a bad flag: from_metadata says
+                raise ValueError(f"{where}: an {AUDIO_KEY} member but its .json has no audio={AUDIO_KEY!r}")
+            record = AMTRecord.from_metadata(meta, frames, where=where, audio=audio)
         except ValueError as err:
             if on_corrupt == "error":
                 raise CorruptShardError(str(err)) from None

@@ -51,12 +51,15 @@ class Clip:
         video: the file to decode (its existence is checked when the media are read).
         au_csv: the clip's OpenFace CSV, when the source has an OpenFace folder (it may be missing).
         start, end: the segment in seconds; None = the whole file.
+        audio: a separate audio file for the clip (CMU-MOSEI's WAV_16000), in the video's clock;
+            None: the video file's own audio track.
     """
 
     video: Path
     au_csv: Path | None = None
     start: float | None = None
     end: float | None = None
+    audio: Path | None = None
 
 
 @dataclass

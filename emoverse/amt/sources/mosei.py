@@ -50,6 +50,9 @@ class MOSEISource:
         segments: a `file, start, end` table locating time-like clip ids; None: integer clip ids only.
         videos: folder of the videos (see the module docstring); None: no media.
         openface: folder of OpenFace CSVs laid out like `videos`; None: no FER labels.
+        audio: folder of audio files laid out like `videos`, `.wav` instead of `.mp4` (the SDK's
+            `Raw/Audio/Full/WAV_16000/{video_id}.wav`, or MMSA-style `{video_id}/{clip_id}.wav` segments);
+            None: the videos' own audio tracks.
         emotions_as_mer: label MER from the six emotion intensities (see the module docstring).
         tolerance: seconds between a time-like clip id and its segment's start.
     """
@@ -59,6 +62,7 @@ class MOSEISource:
     segments: str | None = None
     videos: str | None = None
     openface: str | None = None
+    audio: str | None = None
     emotions_as_mer: bool = False
     tolerance: float = 1.0
 
@@ -137,9 +141,11 @@ class MOSEISource:
     def _clip(self, video: str, clip_id: str, segments: dict[str, tuple[np.ndarray, np.ndarray]]) -> Clip | None:
         root = Path(self.videos)  # type: ignore[arg-type]
         openface = Path(self.openface) if self.openface else None
+        audio = Path(self.audio) if self.audio else None
         if not _TIME_ID.match(clip_id):
             return Clip(video=root / video / f"{clip_id}.mp4",
-                        au_csv=openface / video / f"{clip_id}.csv" if openface else None)
+                        au_csv=openface / video / f"{clip_id}.csv" if openface else None,
+                        audio=audio / video / f"{clip_id}.wav" if audio else None)
         start = float(clip_id.replace("_", "."))
         if video not in segments:
             return None
@@ -148,7 +154,7 @@ class MOSEISource:
         if abs(starts[k] - start) > self.tolerance:
             return None
         return Clip(video=root / f"{video}.mp4", au_csv=openface / f"{video}.csv" if openface else None,
-                    start=float(starts[k]), end=float(ends[k]))
+                    start=float(starts[k]), end=float(ends[k]), audio=audio / f"{video}.wav" if audio else None)
 
 
 def read_folds(path: Path) -> dict[str, str]:
