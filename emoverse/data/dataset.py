@@ -99,9 +99,11 @@ class AMTDataset(torch.utils.data.Dataset):
         visual tokens (`BackboneProcessor.prompt_length`), the response and the end-of-turn tokens.
 
         Built like `__getitem__` (same prompt variant, same context shortening) from the record's metadata
-        and its frames' sizes, read from the image headers: no frame is decoded.
+        and its frames' sizes, read from the image headers: no frame is decoded (the audio is, for a task
+        that hears it: its token count follows its length).
         """
-        record = self.index.record(i, with_frames=False)
+        hears = "audio" in self.tasks[task].media and "audio" not in self.drop  # audio tokens follow its length
+        record = self.index.record(i, with_frames=False, with_audio=hears)
         sizes = self._frame_sizes.get(i)
         if sizes is None:  # once per record: its tasks show the same frames
             sizes = self._frame_sizes[i] = self.index.frame_sizes(i)
