@@ -91,8 +91,14 @@ class AMTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, str]) -> dict[str, Any]:
         i, name = key
-        return make_example(self.index.record(i), self.tasks[name], self.processor, self.num_frames, self.seed,
+        record = self.index.record(i, with_audio=self.hears(name))
+        return make_example(record, self.tasks[name], self.processor, self.num_frames, self.seed,
                             self.system_prompt, drop=self.drop)
+
+    def hears(self, task: str) -> bool:
+        """Whether `task`'s prompts carry the audio (its media, less the dropped modalities): only then is a
+        record's audio decoded."""
+        return "audio" in self.tasks[task].media and "audio" not in self.drop
 
     def example_length(self, i: int, task: str) -> int:
         """Tokens of the training row of (record `i`, `task`) as the collator encodes it: the prompt with its
@@ -102,8 +108,7 @@ class AMTDataset(torch.utils.data.Dataset):
         and its frames' sizes, read from the image headers: no frame is decoded (the audio is, for a task
         that hears it: its token count follows its length).
         """
-        hears = "audio" in self.tasks[task].media and "audio" not in self.drop  # audio tokens follow its length
-        record = self.index.record(i, with_frames=False, with_audio=hears)
+        record = self.index.record(i, with_frames=False, with_audio=self.hears(task))  # audio tokens follow its length
         sizes = self._frame_sizes.get(i)
         if sizes is None:  # once per record: its tasks show the same frames
             sizes = self._frame_sizes[i] = self.index.frame_sizes(i)

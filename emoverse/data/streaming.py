@@ -63,7 +63,9 @@ class AMTStream(torch.utils.data.IterableDataset):
 
     def _task_stream(self, name: str, seed: int, seen: list[int]) -> Iterator[Any]:
         task = self.tasks[name]
-        for record in stream_records(self.root, self.split, shuffle=self.shuffle, seed=seed, on_corrupt=self.on_corrupt):
+        hears = "audio" in task.media and "audio" not in self.drop
+        for record in stream_records(self.root, self.split, shuffle=self.shuffle, seed=seed, on_corrupt=self.on_corrupt,
+                                     with_audio=hears):
             seen[0] += 1
             if task.has_label(record):
                 yield record
