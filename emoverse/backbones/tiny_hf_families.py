@@ -6,7 +6,7 @@ of the backbone contract it exercises (docs/backbones.md has the table):
 - Gemma3 (`token_type_ids` marking image tokens, the end-of-turn marker `<end_of_turn>`);
 - PaliGemma (its processor adds `labels`; `token_type_ids` 0 is the bidirectional prefix, 1 the
   causal suffix that generation extends);
-- Mllama (a per-token, per-image, per-tile `cross_attention_mask`);
+- Mllama (a per-token, per-image, per-tile `cross_attention_mask`; its cross-attention gates opened, as trained);
 - GLM-4V (system and assistant content read as strings; the template writes no end-of-turn marker,
   the stop comes from `generation_config`);
 - LLaVA-NeXT-Video (a Vicuna-style template that ends an answer with a space, `</s>` from eos).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import transformers as tf
 
 from emoverse.backbones.hf_vlm import HFVisionLanguageBackbone
@@ -254,8 +255,20 @@ def tiny_mllama(hidden: int = 64, layers: int = 2, seed: int = 0, **kwargs: Any)
         image_processor=tf.MllamaImageProcessor(size={"height": 16, "width": 16}, max_image_tiles=2),
         tokenizer=tok, chat_template=LLAMA3_TEMPLATE,
     )
-    model = _seeded(seed, lambda: _generation_eos(tf.MllamaForConditionalGeneration(config), ids("<|eot_id|>")))
+    model = _seeded(seed, lambda: _generation_eos(_open_gates(tf.MllamaForConditionalGeneration(config)),
+                                                   ids("<|eot_id|>")))
     return HFVisionLanguageBackbone(model, processor, **kwargs)
+
+
+def _open_gates(model: Any) -> Any:
+    # transformers initialises Mllama's cross-attention gates to 0 as pretraining starts (tanh(0) = 0): the frames
+    # would not reach the language model and the projector would get zero gradients, never training. A released
+    # checkpoint has them trained open; tanh(1) = 0.76 stands in.
+    for layer in model.model.language_model.layers:
+        if isinstance(layer, tf.models.mllama.modeling_mllama.MllamaCrossAttentionDecoderLayer):
+            torch.nn.init.ones_(layer.cross_attn_attn_gate)
+            torch.nn.init.ones_(layer.cross_attn_mlp_gate)
+    return model
 
 
 @register_backbone
