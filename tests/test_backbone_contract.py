@@ -64,6 +64,21 @@ def test_the_trained_stop_is_an_end_of_turn_token(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
+def test_the_frames_reach_the_answer(name: str) -> None:
+    """Other pixels give another loss: the frames reach the answer through the projector. transformers initialises
+    some paths closed (Mllama's cross-attention gates, Gemma 3's projection: zeros), which would give bitwise the
+    same loss and hide every frame-related defect from the checks here."""
+    bb = with_lora(name).eval()
+    collate = AMTCollator(bb.processor, "train")
+    exs = examples()
+    other = [{**ex, "images": [Image.linear_gradient("L").resize((96, 64)).convert("RGB")] * len(ex["images"])}
+             for ex in exs]
+    with torch.no_grad():
+        losses = [bb.loss(collate(e))["loss"] for e in (exs, other)]
+    assert not torch.equal(*losses), losses
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_training_is_causal(name: str) -> None:
     """A later answer token does not move the logits of any earlier position (prompt included)."""
     bb = with_lora(name).eval()

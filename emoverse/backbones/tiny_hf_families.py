@@ -3,7 +3,7 @@ of the backbone contract it exercises (docs/backbones.md has the table):
 
 - Qwen2.5-VL, Qwen3-VL (a merger plus DeepStack mergers), Qwen3-VL-MoE (fused experts, a router):
   the projector inside the vision encoder, M-RoPE, LoRA targets in a mixture-of-experts block;
-- Gemma3 (`token_type_ids` marking image tokens, the end-of-turn marker `<end_of_turn>`);
+- Gemma3 (`token_type_ids` marking image tokens, the end-of-turn marker `<end_of_turn>`; its projection opened);
 - PaliGemma (its processor adds `labels`; `token_type_ids` 0 is the bidirectional prefix, 1 the
   causal suffix that generation extends);
 - Mllama (a per-token, per-image, per-tile `cross_attention_mask`; its cross-attention gates opened, as trained);
@@ -210,9 +210,18 @@ def tiny_gemma3(hidden: int = 64, layers: int = 2, seed: int = 0, **kwargs: Any)
         image_processor=tf.Gemma3ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok,
         image_seq_length=4, chat_template=GEMMA_TEMPLATE,
     )
-    model = _seeded(seed, lambda: _generation_eos(tf.Gemma3ForConditionalGeneration(config), ids("<eos>"),
-                                                   ids("<end_of_turn>")))
+    model = _seeded(seed, lambda: _generation_eos(_open_projection(tf.Gemma3ForConditionalGeneration(config)),
+                                                   ids("<eos>"), ids("<end_of_turn>")))
     return HFVisionLanguageBackbone(model, processor, **kwargs)
+
+
+def _open_projection(model: Any) -> Any:
+    # transformers initialises Gemma 3's projection to zeros: every frame would become the same zero embedding, so
+    # no check could see what the frames do; a released checkpoint's is trained. The text init's scale stands in
+    # (the features are RMS-normalised first, so the visual tokens come out near the text embeddings' scale).
+    projector = model.model.multi_modal_projector
+    torch.nn.init.normal_(projector.mm_input_projection_weight, std=model.config.text_config.initializer_range)
+    return model
 
 
 @register_backbone
