@@ -100,3 +100,8 @@ def test_an_entry_point_that_fails_to_import_is_named(
     with pytest.raises(ImportError, match=r"entry point broken = 'no_such_module_here' \('emoverse.backbones' group, "
                                           r"from broken\) failed to import"):
         create_backbone("not_registered_anywhere")
+
+
+def test_the_listed_presets_are_the_registered_ones() -> None:
+    listing = DOC.split("list_backbones()   #", 1)[1].split("\nbb = ", 1)[0]
+    assert re.findall(r"'(\w+)'", listing) == list_backbones()

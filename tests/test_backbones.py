@@ -77,16 +77,27 @@ def test_forward_backward_trains_projector_and_lora_only(name: str) -> None:
     paths = bb.part_paths()
     projector = paths["projector"] if isinstance(paths["projector"], tuple) else (paths["projector"],)
     assert any("lora_" in n for n in grads)
-    # every projector module gets a gradient, and nothing but the projector and LoRA does
+    # every projector module gets a gradient that is not zero (a closed gate between the frames and the
+    # language model gives zeros: the projector would never train), and nothing but the projector and LoRA does
     core = {n.split("base_model.model.", 1)[-1] for n in grads}
-    assert all(any(n.startswith(f"{p}.") for n in core) for p in projector)
+    moving = {n.split("base_model.model.", 1)[-1] for n, p in bb.named_parameters() if p.grad is not None and p.grad.any()}
+    assert all(any(n.startswith(f"{p}.") for n in moving) for p in projector), sorted(core - moving)
     assert all("lora_" in n or any(n.startswith(f"{p}.") for p in projector) for n in core)
     # LoRA adapters sit in the language model only (suffix-matched targets also hit the vision tower)
     lora_modules = [n for n, _ in bb.core.named_modules() if n.endswith("lora_A")]
     assert lora_modules and all(n.startswith(paths["language_model"] + ".") for n in lora_modules)
 
 
-@pytest.mark.parametrize("name", TINY)
+BATCH_DEPENDENT = {
+    "tiny_mllama": "transformers#39379: MllamaCrossAttentionDecoderLayer masks fully masked-out text rows (the "
+                   "tokens before <|image|>) after the MLP but not after cross-attention, so they attend to every frame "
+                   "slot of the batch, padding included: a row's answer depends on the other rows' frame counts",
+}
+"""Families whose transformers code makes a row's result depend on the rest of its batch (upstream defects)."""
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=BATCH_DEPENDENT[n], strict=True))
+                                  if n in BATCH_DEPENDENT else n for n in TINY])
 def test_batched_generation_equals_one_at_a_time(name: str) -> None:
     bb = with_lora(name).eval()
     exs = examples((1, 2, 1))

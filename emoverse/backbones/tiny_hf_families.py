@@ -3,10 +3,10 @@ of the backbone contract it exercises (docs/backbones.md has the table):
 
 - Qwen2.5-VL, Qwen3-VL (a merger plus DeepStack mergers), Qwen3-VL-MoE (fused experts, a router):
   the projector inside the vision encoder, M-RoPE, LoRA targets in a mixture-of-experts block;
-- Gemma3 (`token_type_ids` marking image tokens, the end-of-turn marker `<end_of_turn>`);
+- Gemma3 (`token_type_ids` marking image tokens, the end-of-turn marker `<end_of_turn>`; its projection opened);
 - PaliGemma (its processor adds `labels`; `token_type_ids` 0 is the bidirectional prefix, 1 the
   causal suffix that generation extends);
-- Mllama (a per-token, per-image, per-tile `cross_attention_mask`);
+- Mllama (a per-token, per-image, per-tile `cross_attention_mask`; its cross-attention gates opened, as trained);
 - GLM-4V (system and assistant content read as strings; the template writes no end-of-turn marker,
   the stop comes from `generation_config`);
 - LLaVA-NeXT-Video (a Vicuna-style template that ends an answer with a space, `</s>` from eos).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import transformers as tf
 
 from emoverse.backbones.hf_vlm import HFVisionLanguageBackbone
@@ -209,9 +210,18 @@ def tiny_gemma3(hidden: int = 64, layers: int = 2, seed: int = 0, **kwargs: Any)
         image_processor=tf.Gemma3ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok,
         image_seq_length=4, chat_template=GEMMA_TEMPLATE,
     )
-    model = _seeded(seed, lambda: _generation_eos(tf.Gemma3ForConditionalGeneration(config), ids("<eos>"),
-                                                   ids("<end_of_turn>")))
+    model = _seeded(seed, lambda: _generation_eos(_open_projection(tf.Gemma3ForConditionalGeneration(config)),
+                                                   ids("<eos>"), ids("<end_of_turn>")))
     return HFVisionLanguageBackbone(model, processor, **kwargs)
+
+
+def _open_projection(model: Any) -> Any:
+    # transformers initialises Gemma 3's projection to zeros: every frame would become the same zero embedding, so
+    # no check could see what the frames do; a released checkpoint's is trained. The text init's scale stands in
+    # (the features are RMS-normalised first, so the visual tokens come out near the text embeddings' scale).
+    projector = model.model.multi_modal_projector
+    torch.nn.init.normal_(projector.mm_input_projection_weight, std=model.config.text_config.initializer_range)
+    return model
 
 
 @register_backbone
@@ -254,8 +264,20 @@ def tiny_mllama(hidden: int = 64, layers: int = 2, seed: int = 0, **kwargs: Any)
         image_processor=tf.MllamaImageProcessor(size={"height": 16, "width": 16}, max_image_tiles=2),
         tokenizer=tok, chat_template=LLAMA3_TEMPLATE,
     )
-    model = _seeded(seed, lambda: _generation_eos(tf.MllamaForConditionalGeneration(config), ids("<|eot_id|>")))
+    model = _seeded(seed, lambda: _generation_eos(_open_gates(tf.MllamaForConditionalGeneration(config)),
+                                                   ids("<|eot_id|>")))
     return HFVisionLanguageBackbone(model, processor, **kwargs)
+
+
+def _open_gates(model: Any) -> Any:
+    # transformers initialises Mllama's cross-attention gates to 0 as pretraining starts (tanh(0) = 0): the frames
+    # would not reach the language model and the projector would get zero gradients, never training. A released
+    # checkpoint has them trained open; tanh(1) = 0.76 stands in.
+    for layer in model.model.language_model.layers:
+        if isinstance(layer, tf.models.mllama.modeling_mllama.MllamaCrossAttentionDecoderLayer):
+            torch.nn.init.ones_(layer.cross_attn_attn_gate)
+            torch.nn.init.ones_(layer.cross_attn_mlp_gate)
+    return model
 
 
 @register_backbone
