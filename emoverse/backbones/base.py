@@ -5,7 +5,7 @@ A backbone owns its multimodal inputs. Its processor turns examples (a task quer
 shows, the response to learn) into model inputs with the model's own chat template and image
 handling (image wrappers, variable visual token counts, extra tensors such as Qwen2-VL's
 `image_grid_thw`); the backbone runs `forward` on them (logits at the response positions only)
-and `generate`. It names its parts (vision encoder, projector, language model) by module path,
+and `generate`. It names its parts (vision and audio encoders, projectors, language model) by module path,
 so trainability and LoRA targets are decided by path, never by a bare layer name that also
 exists in the vision tower.
 """
@@ -27,8 +27,8 @@ from emoverse.backbones.processor import IGNORE_INDEX, BackboneProcessor, Prompt
 __all__ = ["IGNORE_INDEX", "TRAIN_PARTS", "Backbone", "BackboneProcessor", "Part", "PartGroup", "PromptTooLong",
            "Sampling", "decoder_blocks", "lora_candidates"]
 
-Part = Literal["vision", "projector", "language_model"]
-TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision")
+Part = Literal["vision", "audio", "projector", "language_model"]
+TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision", "audio")
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,13 @@ class Sampling:
 
 
 class Backbone(nn.Module, ABC):
-    """A multimodal LLM: vision encoder → projector → language model, plus its `processor`.
+    """A multimodal LLM: vision and/or audio encoder → projector(s) → language model, plus its `processor`.
 
     Subclasses set `model` (the whole network; LoRA wraps it) and `processor` in `__init__` and
     implement `part_paths`. `model` follows the transformers calling convention (`forward(**inputs,
     logits_to_keep=...)` returning `.logits`, `generate(**inputs, ...)` returning the prompt and the
-    new tokens); a model that does not overrides `logits` and `generate_ids`. The vision encoder
-    starts frozen, the projector trains and the language model trains through LoRA adapters
+    new tokens); a model that does not overrides `logits` and `generate_ids`. The encoders (vision,
+    audio) start frozen, the projectors train and the language model trains through LoRA adapters
     (`add_lora`).
 
     Attributes:
@@ -64,9 +64,11 @@ class Backbone(nn.Module, ABC):
 
     @abstractmethod
     def part_paths(self) -> dict[Part, str | tuple[str, ...]]:
-        """Module paths, inside the unwrapped `model`, of "vision", "projector" and "language_model"
-        (the decoder stack without the output head). A part made of several modules (Qwen3-VL's projector:
-        `visual.merger` and `visual.deepstack_merger_list`) is a tuple of paths."""
+        """Module paths, inside the unwrapped `model`, of "vision" and/or "audio" (the encoders; a model has at
+        least one), "projector" (every module that maps encoder features into the language model, of each
+        modality) and "language_model" (the decoder stack without the output head). A part made of several
+        modules (Qwen3-VL's projector: `visual.merger` and `visual.deepstack_merger_list`; Qwen2.5-Omni's:
+        `visual.merger` and `audio_tower.proj`) is a tuple of paths."""
 
     def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
         """Logits `[B, len(keep), vocab]` at sequence positions `keep` (the positions predicting a
@@ -167,8 +169,15 @@ class Backbone(nn.Module, ABC):
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def part_parameters(self, part: str) -> list[nn.Parameter]:
-        """The parameters of one trainable part: "projector", "vision" or "lora" (the adapters only)."""
-        if part in ("projector", "vision"):
+        """The parameters of one trainable part: "projector", "vision", "audio" or "lora" (the adapters only).
+
+        Raises:
+            ValueError: an unknown part, or an encoder this backbone does not have (one line, naming its parts).
+        """
+        if part in ("vision", "audio") and part not in self.part_paths():
+            raise ValueError(f"{type(self).__name__} has no {part} encoder to train; its parts are "
+                             f"{sorted(self.part_paths())}")
+        if part in ("projector", "vision", "audio"):
             return list(self.part(part).parameters())  # type: ignore[arg-type]
         if part == "lora":
             return [p for n, p in self.core.named_parameters() if "lora_" in n]
@@ -221,8 +230,9 @@ class Backbone(nn.Module, ABC):
         return [tok.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new, budgets, strict=True)]
 
     def cast_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Floating inputs (pixel values) in the vision encoder's dtype."""
-        dtype = next(self.part("vision").parameters()).dtype
+        """Floating inputs (pixel values, audio features) in the encoders' dtype (the vision encoder's, else the
+        audio encoder's)."""
+        dtype = next(self.part("vision" if "vision" in self.part_paths() else "audio").parameters()).dtype
         return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                 for k, v in inputs.items()}
 

@@ -1,8 +1,9 @@
 """`BackboneProcessor`: the data half of a backbone (examples → model inputs), picklable for data workers.
 
 Its subclasses implement two hooks, `render` (messages → prompt text through the model's chat template) and
-`encode` (prompt texts + frames → left-padded model inputs); this base adds the response and its labels, the
-stop tokens, exact prompt lengths and padding-free packing.
+`encode` (prompt texts + frames, videos and audio clips → left-padded model inputs); this base adds the response
+and its labels, the stop tokens, exact prompt lengths and padding-free packing, and refuses media the backbone
+does not take (`modalities`) in one line.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import GenerationMixin
+
+from emoverse.backbones.media import SAMPLE_RATE, check_audio, silence
 
 IGNORE_INDEX = -100
 _SENTINEL = "\x00EMOVERSE\x00"
@@ -46,12 +50,24 @@ class BackboneProcessor(ABC):
 
     @abstractmethod
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        """Chat-template `messages` (content: a list of `{"type": "image"}` / `{"type": "text", ...}`)."""
+        """Chat-template `messages` (user content: a list of `{"type": "image"}` / `{"type": "video"}` /
+        `{"type": "audio"}` / `{"type": "text", ...}` parts)."""
 
     @abstractmethod
-    def encode(self, texts: list[str], images: list[list[Image.Image]]) -> dict[str, torch.Tensor]:
-        """Tokenise rendered prompts and preprocess their frames, left-padded: `input_ids`,
-        `attention_mask` and whatever vision tensors the model takes."""
+    def encode(self, texts: list[str], images: list[list[Image.Image]], *,
+               videos: list[list[Image.Image] | None] | None = None,
+               audios: list[np.ndarray | None] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise rendered prompts and preprocess their media, left-padded: `input_ids`, `attention_mask` and
+        whatever vision and audio tensors the model takes. Per row: `images[i]` its frames as images,
+        `videos[i]` its frames as one video (or None), `audios[i]` its waveform (`SAMPLE_RATE` Hz mono, or
+        None); `videos`/`audios` are passed only when some row has one (a processor for frames alone may
+        leave them out of its signature)."""
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """The media this backbone takes: a subset of {"image", "video", "audio"} ("video": a clip's frames as
+        one video, where the processor has a video processor and the template a video placeholder)."""
+        return frozenset({"image"})
 
     # shared ----------------------------------------------------------------------------------
 
@@ -59,15 +75,20 @@ class BackboneProcessor(ABC):
     """Token ids the model's `generation_config.eos_token_id` declares (besides the tokenizer's eos)."""
 
     def messages(self, query: str, n_images: int, system_prompt: str | None = None,
-                 response: str | None = None) -> list[dict[str, Any]]:
-        """The conversation of one example: the frames first, then the query (the paper's [T_v; T_t]).
+                 response: str | None = None, *, audio: bool = False, video: bool = False) -> list[dict[str, Any]]:
+        """The conversation of one example: the frames first (`n_images` image parts, or with `video` one video
+        part), then the audio clip (with `audio`), then the query (the paper's [T_v; T_t], with the sound
+        between).
 
-        User content is a list of parts (it carries the image slots); system and assistant content take
-        the form the chat template reads, a list of text parts or a string (`content_form`)."""
+        User content is a list of parts (it carries the media slots, rendered by the template as the model's
+        own placeholders); system and assistant content take the form the chat template reads, a list of text
+        parts or a string (`content_form`)."""
         out: list[dict[str, Any]] = []
         if system_prompt:
             out.append({"role": "system", "content": self._content("system", system_prompt)})
-        out.append({"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": query}]})
+        visual = [media_part("video")] if video else [media_part("image")] * n_images
+        sound = [media_part("audio")] if audio else []
+        out.append({"role": "user", "content": [*visual, *sound, {"type": "text", "text": query}]})
         if response is not None:
             out.append({"role": "assistant", "content": self._content("assistant", response)})
         return out
@@ -158,31 +179,82 @@ class BackboneProcessor(ABC):
         pad = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pad is None else pad
 
-    def prompt_length(self, query: str, images: Sequence[Image.Image], system_prompt: str | None = None) -> int:
-        """Tokens of the prompt with `images` expanded to their visual tokens (without the response)."""
-        text = self.render(self.messages(query, len(images), system_prompt), add_generation_prompt=True)
-        return len(self.tokenize(text)) + self._images_extra(tuple(img.size for img in images))
+    def prompt_length(self, query: str, images: Sequence[Image.Image], system_prompt: str | None = None, *,
+                      audio: np.ndarray | None = None, as_video: bool = False) -> int:
+        """Tokens of the prompt with its media expanded to their tokens (without the response): `images` (as one
+        video with `as_video`) and `audio`, whose token count follows its duration.
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019  (processors live as long as their backbone)
-    def _images_extra(self, sizes: tuple[tuple[int, int], ...]) -> int:
-        """How many tokens images of `sizes` add to a prompt beyond their placeholder text (measured once
-        per combination: some families treat several images differently from one, e.g. LLaVA-OneVision)."""
-        text = self.render(self.messages("", len(sizes)), add_generation_prompt=True)
-        expanded = self.encode([text], [[Image.new("RGB", size) for size in sizes]])["attention_mask"].sum()
+        Raises:
+            ValueError: media the backbone does not take, or a malformed clip (`check_audio`).
+        """
+        video = self._check_media("the example", images, audio, as_video)
+        n_audio = None if audio is None else len(check_audio(audio, "the example"))
+        text = self.render(self.messages(query, len(images), system_prompt, audio=audio is not None, video=video),
+                           add_generation_prompt=True)
+        return len(self.tokenize(text)) + self._media_extra(tuple(img.size for img in images), n_audio, video)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019  (processors live as long as their backbone)
+    def _media_extra(self, sizes: tuple[tuple[int, int], ...], audio_samples: int | None = None,
+                     video: bool = False) -> int:
+        """How many tokens media of these frame `sizes` (one video with `video`) and an audio clip of
+        `audio_samples` samples add to a prompt beyond their placeholder text (measured once per combination:
+        some families treat several images differently from one, e.g. LLaVA-OneVision; audio tokens follow the
+        clip's duration)."""
+        text = self.render(self.messages("", len(sizes), audio=audio_samples is not None, video=video),
+                           add_generation_prompt=True)
+        frames = [Image.new("RGB", size) for size in sizes]
+        media: dict[str, Any] = {}
+        if video:
+            media["videos"] = [frames]
+        if audio_samples is not None:
+            media["audios"] = [silence(audio_samples)]
+        expanded = self.encode([text], [[] if video else frames], **media)["attention_mask"].sum()
         return int(expanded) - len(self.tokenize(text))
 
+    def _check_media(self, where: str, images: Sequence[Image.Image], audio: Any, as_video: bool) -> bool:
+        """Whether the example gives its frames as one video; one line (starting with `where`: "row 2") for media
+        this backbone does not take."""
+        takes = self.modalities
+        video = bool(as_video) and len(images) > 0
+        kind = next((k for k, given in (("image", len(images) > 0 and not video), ("video", video),
+                                        ("audio", audio is not None)) if given and k not in takes), None)
+        if kind is not None:
+            raise ValueError(f"{where}: this backbone takes no {kind} (it takes {sorted(takes)}); drop {kind} from "
+                             "the task's media or choose a backbone that takes it (docs/backbones.md)")
+        return video
+
     def __call__(self, queries: Sequence[str], images: Sequence[Sequence[Image.Image]],
-                 responses: Sequence[str] | None = None, system_prompt: str | None = None) -> dict[str, Any]:
-        """Encode a batch: `inputs` (the model inputs of each query with its frames; with `responses`, the
+                 responses: Sequence[str] | None = None, system_prompt: str | None = None, *,
+                 audios: Sequence[np.ndarray | None] | None = None,
+                 as_video: Sequence[bool] | None = None) -> dict[str, Any]:
+        """Encode a batch: `inputs` (the model inputs of each query with its media; with `responses`, the
         response and the end-of-turn marker appended, right-padded) and `labels` (the response tokens,
         -100 elsewhere; None without responses: left-padded prompts for generation).
 
+        Args:
+            audios: per row a waveform (`SAMPLE_RATE` Hz mono, 1-D float) or None; None: no row has audio.
+            as_video: per row whether its frames go in as one video; None: none does. Rows may differ.
+
         Raises:
             PromptTooLong: a row exceeds `max_length` (its index is `row`).
+            ValueError: a row gives media the backbone does not take, or a malformed clip (one line, naming the row).
         """
-        texts = [self.render(self.messages(q, len(imgs), system_prompt), add_generation_prompt=True)
-                 for q, imgs in zip(queries, images, strict=True)]
-        inputs = self.encode(texts, [list(imgs) for imgs in images])
+        n = len(queries)
+        audios = [None] * n if audios is None else [None if a is None else check_audio(a, f"row {i}")
+                                                    for i, a in enumerate(audios)]
+        flags = [False] * n if as_video is None else list(as_video)
+        if not len(images) == len(audios) == len(flags) == n:
+            raise ValueError(f"{n} queries but {len(images)} image lists, {len(audios)} audios, {len(flags)} as_video "
+                             "flags; give one per row")
+        videos = [self._check_media(f"row {i}", imgs, a, v) for i, (imgs, a, v) in enumerate(zip(images, audios, flags))]
+        texts = [self.render(self.messages(q, len(imgs), system_prompt, audio=a is not None, video=v),
+                             add_generation_prompt=True) for q, imgs, a, v in zip(queries, images, audios, videos)]
+        media: dict[str, Any] = {}
+        if any(videos):
+            media["videos"] = [list(imgs) if v else None for imgs, v in zip(images, videos)]
+        if any(a is not None for a in audios):
+            media["audios"] = audios
+        inputs = self.encode(texts, [[] if v else list(imgs) for imgs, v in zip(images, videos)], **media)
         labels = None
         if responses is not None:
             inputs, labels = self._append_responses(inputs, [self.tokenize(r) + self.end_ids for r in responses])
@@ -207,12 +279,30 @@ class BackboneProcessor(ABC):
         """
         if self.packing_blocker is not None:
             return self.packing_blocker
-        text = self.render(self.messages("q", 1), add_generation_prompt=True)
-        probe = self.encode([text], [[Image.new("RGB", (32, 32))]])
-        extra = sorted(_per_token(probe))
+        extra = sorted(_per_token(self._probe(), self.media_inputs))
         if extra:
             return f"its processor returns per-token inputs {extra} besides input_ids and attention_mask"
         return None
+
+    def _probe(self, query: str = "q") -> dict[str, torch.Tensor]:
+        """The model inputs of one prompt with one of each medium the backbone takes (a 32 px frame, 0.5 s of audio)."""
+        takes = self.modalities
+        text = self.render(self.messages(query, int("image" in takes), audio="audio" in takes),
+                           add_generation_prompt=True)
+        audio = {"audios": [silence(SAMPLE_RATE // 2)]} if "audio" in takes else {}
+        return self.encode([text], [[Image.new("RGB", (32, 32))] if "image" in takes else []], **audio)
+
+    @functools.cached_property
+    def media_inputs(self) -> frozenset[str]:
+        """The encoded inputs that are media, not one entry per token, whatever their shape: measured on two
+        prompts of different lengths with the same media (a media tensor keeps its size; an audio model's
+        `[clips, mel bins, frames]` features would otherwise pass for per-token inputs whenever the clip count
+        equals the batch size and the mel bins or frames the prompt width)."""
+        short, long = self._probe("q"), self._probe("q" + " q" * 7)
+        width = {id(d): d["input_ids"].shape[1] for d in (short, long)}
+        return frozenset(k for k in short.keys() & long.keys()
+                         if not all(isinstance(d[k], torch.Tensor) and d[k].dim() >= 2 and d[k].shape[1] == width[id(d)]
+                                    for d in (short, long)))
 
     def pack(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A right-padded training batch (`__call__` with responses) as one padding-free row.
@@ -226,7 +316,7 @@ class BackboneProcessor(ABC):
             ValueError: the backbone cannot pack (`packing_unsupported`).
         """
         inputs, labels = batch["inputs"], batch["labels"]
-        extra = sorted(_per_token(inputs))
+        extra = sorted(_per_token(inputs, self.media_inputs))
         reason = self.packing_blocker or (f"its processor returns per-token inputs {extra}" if extra else None)
         if reason:
             raise ValueError(f"{type(self).__name__} cannot pack: {reason}")
@@ -275,8 +365,7 @@ class BackboneProcessor(ABC):
         training forward sees the answer as inference produces it.
         """
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
-        per_token = {k: v for k, v in inputs.items() if k != "input_ids" and isinstance(v, torch.Tensor)
-                     and v.dim() >= 2 and v.shape[:2] == ids.shape}
+        per_token = {"attention_mask": inputs["attention_mask"], **_per_token(inputs, self.media_inputs)}
         longest = max(len(r) for r in responses)
         extended = self.extend_for_response(per_token, longest)
         lengths = [int(m.sum()) + len(r) for m, r in zip(mask, responses, strict=True)]
@@ -295,11 +384,18 @@ class BackboneProcessor(ABC):
         return {**inputs, **out}, labels
 
 
-def _per_token(inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Inputs with one entry per token (batch and sequence first) other than `input_ids` and `attention_mask`."""
+def media_part(kind: str) -> dict[str, Any]:
+    """The user content part of one medium: `{"type": kind}`; an audio part also has an `audio` key (None: the clip
+    goes to the processor apart), since the released Qwen2-Audio templates test `'audio' in content`, not the type."""
+    return {"type": kind, "audio": None} if kind == "audio" else {"type": kind}
+
+
+def _per_token(inputs: Mapping[str, Any], media: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """Inputs with one entry per token (batch and sequence first) other than `input_ids` and `attention_mask`,
+    leaving out the `media` inputs (`BackboneProcessor.media_inputs`) whatever their shape."""
     ids = inputs["input_ids"]
-    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)
-            and v.dim() >= 2 and v.shape[:2] == ids.shape}
+    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *media)
+            and isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[:2] == ids.shape}
 
 
 def _blank(cls: type) -> Any:
