@@ -22,6 +22,7 @@ from torch import nn
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.media import SAMPLE_RATE
 from tests.test_backbones import with_lora
+from tests.test_scaling import one_rank_mesh  # noqa: F401, F811  (a fixture)
 
 
 def _takes(name: str) -> frozenset[str]:
@@ -389,3 +390,20 @@ def test_the_docs_table_has_the_measured_counts() -> None:
     for counts in VIDEO_TOKENS.values():
         for images, video in counts.values():
             assert f"{images:,} / {video:,}" in doc
+
+
+@pytest.mark.parametrize("name", ["tiny_audio", "tiny_qwen2_audio", "tiny_qwen2_5_omni", "tiny_llava"])
+def test_fsdp2_units_cover_every_part(name: str, one_rank_mesh) -> None:  # noqa: F811
+    """FSDP2 units over the audio encoder too, never mixing frozen and trained weights. Before, a model whose head
+    sits on the whole model (every transformers multimodal LM, LLaVA included) had its frozen encoders swept into
+    the `llm.rest` unit with the trained projector ('unit llm.rest mixes frozen and trainable parameters')."""
+    from emoverse import EmoVerseModule
+    from emoverse.distributed import fully_shard_backbone
+
+    module = EmoVerseModule(name, lora_dropout=0.0)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    units = fully_shard_backbone(module, one_rank_mesh["data_parallel"])
+    assert sum(u.params for u in units) == total and sum(u.params for u in units if u.trainable) == trainable
+    kinds = {u.name: u.trainable for u in units if u.name in ("vision", "audio", "projector")}
+    assert kinds == {"projector": True, **{p: False for p in ("vision", "audio") if p in module.backbone.part_paths()}}
