@@ -100,7 +100,8 @@ def fully_shard_backbone(root: nn.Module, mesh: object, backbone: nn.Module | No
     backbone = root.backbone if backbone is None else backbone
     if any(isinstance(m, FSDPModule) for m in root.modules()):
         return []
-    parts = {name: backbone.part(name) for name in ("vision", "projector", "language_model")}
+    parts = {name: backbone.part(name) for name in ("vision", "audio", "projector", "language_model")
+             if name in backbone.part_paths()}
     core = backbone.core
     units: list[ShardUnit] = []
     assigned: set[int] = set()
@@ -128,10 +129,14 @@ def fully_shard_backbone(root: nn.Module, mesh: object, backbone: nn.Module | No
     head = owner.get_output_embeddings() if owner is not parts["language_model"] else None
     tied = head is not None and head.weight is embed.weight
     shard("llm.embeddings" + ("+head" if tied else ""), [embed, head] if tied else embed)
-    shard("llm.rest", owner)  # final norm, output head
     shard("projector", list(parts["projector"]) if isinstance(parts["projector"], PartGroup) else parts["projector"])
-    shard("vision", parts["vision"])
-    if hasattr(parts["vision"], "forward_features"):  # timm encoders are called through forward_features
+    for encoder in ("vision", "audio"):  # a backbone has one or both
+        if encoder in parts:
+            shard(encoder, parts[encoder])
+    # last: where the head sits on the whole model (transformers' multimodal LMs), the model is its owner and this
+    # unit takes what the others left (final norm, head), not the frozen encoders beside the trained projector
+    shard("llm.rest", owner)
+    if hasattr(parts.get("vision"), "forward_features"):  # timm encoders are called through forward_features
         register_fsdp_forward_method(parts["vision"], "forward_features")
     left = [n for n, p in root.named_parameters() if id(p) not in assigned]
     if left:

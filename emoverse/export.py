@@ -3,8 +3,9 @@
 Two exports: `export_trained` writes what a downstream user needs next to the base backbone; `export_merged`
 (`emoverse export CKPT OUT`) writes a folder `transformers` loads with `from_pretrained`: the VLM's
 own class for HF backbones, the causal LM plus projector and vision weights for composed ones, with
-`composed.json` naming the timm encoder, its arguments and the projector, so `load_composed(folder)`
-rebuilds the whole model from the folder alone. Lightning `.ckpt` files remain the way to resume
+`composed.json` naming the timm encoder, its arguments and the projector (and, for a composed backbone that
+hears, the speech encoder's `from_pretrained` folder `audio/`, its class and its projector), so
+`load_composed(folder)` rebuilds the whole model from the folder alone. Lightning `.ckpt` files remain the way to resume
 training (they also hold optimizer and curriculum state); they are read with `weights_only=True`.
 """
 
@@ -26,6 +27,8 @@ VISION_FILE = "vision.safetensors"
 COMPOSED_CONFIG = "composed.json"
 COMPOSED_FORMAT = "emoverse-composed/1"
 ADAPTER_DIR = "lora"
+AUDIO_DIR = "audio"
+AUDIO_PROJECTOR_FILE = "audio_projector.safetensors"
 
 
 def export_trained(module: EmoVerseModule, out_dir: str | Path) -> Path:
@@ -71,14 +74,21 @@ def export_merged(module: EmoVerseModule, out_dir: str | Path) -> Path:
 def composed_config(backbone: ComposedBackbone) -> dict[str, Any]:
     """What `composed.json` holds: the timm encoder (name and `create_model` arguments), the projector
     and the token layout, beside the LLM folder and the two safetensors files."""
+    from emoverse.backbones.composed_audio import encoder_class_name
+
     args = backbone.build_args
     vision = backbone.part("vision")
     name = args["vision"] or (getattr(vision, "pretrained_cfg", None) or {}).get("architecture")
-    projector = backbone.part("projector")
+    projector = backbone.core.projector  # the vision projector (part("projector") also holds the audio one)
     last = projector if not hasattr(projector, "__getitem__") else projector[-1]
     first = projector if not hasattr(projector, "__getitem__") else projector[0]
     proc = backbone.processor
     cfg = getattr(vision, "pretrained_cfg", None) or {}
+    audio = None
+    if "audio" in backbone.part_paths():
+        audio = {"folder": AUDIO_DIR, "class": encoder_class_name(backbone.part("audio")),
+                 "projector_file": AUDIO_PROJECTOR_FILE, "tokens_per_second": args["audio_tokens_per_second"],
+                 "audio_token": proc.audio_token}
     return {
         "format": COMPOSED_FORMAT,
         "llm": ".",  # AutoModelForCausalLM / AutoTokenizer folder: this one
@@ -90,6 +100,7 @@ def composed_config(backbone: ComposedBackbone) -> dict[str, Any]:
         "projector": {"file": PROJECTOR_FILE, "kind": args["projector"], "in_dim": first.in_features,
                       "out_dim": last.out_features},
         "pool": args["pool"], "image_token": proc.image_token, "tokens_per_image": proc.tokens_per_image,
+        "audio": audio,
     }
 
 
@@ -121,8 +132,21 @@ def load_composed(folder: str | Path) -> ComposedBackbone:
     vision.load_state_dict(load_file(str(src / vision_cfg["file"])))
     llm = AutoModelForCausalLM.from_pretrained(src / config["llm"])
     tokenizer = AutoTokenizer.from_pretrained(src / config["llm"])
-    backbone = ComposedBackbone(vision, llm, tokenizer, projector=config["projector"]["kind"], pool=config["pool"])
-    backbone.part("projector").load_state_dict(load_file(str(src / config["projector"]["file"])))
+    sound: dict[str, Any] = {}
+    if config.get("audio"):
+        from transformers import AutoFeatureExtractor
+
+        from emoverse.backbones.composed_audio import load_encoder_class
+
+        audio_cfg = config["audio"]
+        sound = {"audio": load_encoder_class(audio_cfg["class"]).from_pretrained(src / audio_cfg["folder"]),
+                 "audio_feature_extractor": AutoFeatureExtractor.from_pretrained(src / audio_cfg["folder"]),
+                 "audio_tokens_per_second": audio_cfg["tokens_per_second"]}
+    backbone = ComposedBackbone(vision, llm, tokenizer, projector=config["projector"]["kind"], pool=config["pool"],
+                                **sound)
+    backbone.core.projector.load_state_dict(load_file(str(src / config["projector"]["file"])))
+    if sound:
+        backbone.core.audio_projector.load_state_dict(load_file(str(src / config["audio"]["projector_file"])))
     return backbone
 
 

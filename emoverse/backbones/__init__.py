@@ -1,6 +1,6 @@
 """Backbones: the `Backbone` contract, the registry and the registered presets."""
 
-from emoverse.backbones import presets, tiny, tiny_hf, tiny_hf_families, tiny_hf_gemma3n  # noqa: F401  (registers the presets)
+from emoverse.backbones import presets, tiny, tiny_audio, tiny_hf, tiny_hf_families, tiny_hf_gemma3n  # noqa: F401  (registers)
 from emoverse.backbones.base import Backbone, BackboneProcessor
 from emoverse.backbones.composed import ComposedBackbone
 from emoverse.backbones.hf_vlm import HFVisionLanguageBackbone

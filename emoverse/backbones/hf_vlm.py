@@ -1,9 +1,10 @@
 """`HFVisionLanguageBackbone`: a multimodal LM `transformers.AutoModelForMultimodalLM` loads (the image-text-to-text
-models plus the audio-capable ones), trained on frames and text.
+models plus the audio-capable ones), trained on frames, video, audio and text.
 
 The model's own processor and chat template build its inputs (image wrappers such as InternVL's
-`<img>…</img>`, per-image token counts that vary with the image size, Qwen2-VL's `image_grid_thw`),
-and the model's own `forward` places the visual tokens and computes positions (M-RoPE included).
+`<img>…</img>`, per-image token counts that vary with the image size, Qwen2-VL's `image_grid_thw`, audio
+placeholders repeated per clip duration and the log-mel features of the model's feature extractor), and the
+model's own `forward` places the visual and audio tokens and computes positions (M-RoPE included).
 emoverse adds only what is task-specific: the response labels, the loss at response positions,
 LoRA on the language model, and which parts train.
 """
@@ -12,15 +13,19 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor, PreTrainedModel
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part
+from emoverse.backbones.media import SAMPLE_RATE, video_array
+from emoverse.backbones.processor import media_part
 from emoverse.backbones.quantization import Quantization, quantization_config
 
 
@@ -43,25 +48,61 @@ class HFProcessor(BackboneProcessor):
         self.tokenizer = processor.tokenizer
         self.images_kwargs = dict(images_kwargs or {})
         self.input_names: frozenset[str] | None = None
+        hears = True
         if model is not None:
             self.generation_rule = type(model)
             self.input_names = forward_inputs(model)
             eos = model.generation_config.eos_token_id
             self.generation_eos = tuple(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+            hears = model.get_encoder(modality="audio") is not model
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if getattr(processor, "chat_template", None) is None:
             raise ValueError(f"{type(processor).__name__} has no chat template; set processor.chat_template "
                              "(a Jinja string rendering {'type': 'image'} content items) before building the backbone")
+        extractor = getattr(processor, "feature_extractor", None) or getattr(processor, "audio_processor", None)
+        rate = getattr(extractor, "sampling_rate", SAMPLE_RATE)
+        if extractor is not None and hears and rate != SAMPLE_RATE:
+            raise ValueError(f"{type(extractor).__name__} expects {rate} Hz audio; emoverse gives {SAMPLE_RATE} Hz: "
+                             f"set its sampling_rate to {SAMPLE_RATE} or resample the clips before the backbone")
+        self._modalities = frozenset(
+            m for m, has in (("image", getattr(processor, "image_processor", None) is not None),
+                             ("video", getattr(processor, "video_processor", None) is not None),
+                             ("audio", extractor is not None and hears)) if has and self._template_renders(m))
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """The media the processor has a sub-processor for, the model an encoder for and the chat template a
+        placeholder for (a `{"type": "video"}` / `{"type": "audio", "audio": None}` part that it renders)."""
+        return self._modalities
+
+    def _template_renders(self, kind: str) -> bool:
+        # by what the template writes, not by the processor's token: some write a start marker that the processor
+        # expands (Gemma 3's `<start_of_image>` for `<image_soft_token>`s)
+        text = [{"type": "text", "text": "q"}]
+        try:
+            plain = self.render([{"role": "user", "content": text}], add_generation_prompt=True)
+            rendered = self.render([{"role": "user", "content": [media_part(kind), *text]}], add_generation_prompt=True)
+        except Exception:  # a template that rejects the part type does not take it
+            return False
+        return rendered != plain
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def encode(self, texts: list[str], images: list[list[Image.Image]]) -> dict[str, torch.Tensor]:
+    def encode(self, texts: list[str], images: list[list[Image.Image]], *,
+               videos: list[list[Image.Image] | None] | None = None,
+               audios: list[np.ndarray | None] | None = None) -> dict[str, torch.Tensor]:
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": "left",
                                   "add_special_tokens": False, **self.images_kwargs}
         if any(images):
             kwargs["images"] = images
+        clips = [a for a in audios or [] if a is not None]
+        if clips:  # the processor's `audio`, one clip per placeholder in order; the rate said, never assumed
+            kwargs["audio"], kwargs["sampling_rate"] = clips, SAMPLE_RATE
+        movies = [video_array(v, i) for i, v in enumerate(videos or []) if v is not None]
+        if movies:
+            kwargs["videos"] = movies
         out = dict(self.processor(**kwargs))
         if self.input_names is None:
             return out
@@ -81,6 +122,8 @@ def packing_blocker(model: nn.Module) -> str | None:
     """
     if "position_ids" not in forward_inputs(model):
         return f"{type(model).__name__}.forward takes no position_ids"
+    if model.get_encoder(modality="audio") is not model:  # not measured yet: say no rather than pack untested
+        return f"{type(model).__name__} takes audio, and packing audio rows is not tested for transformers models"
     if any(callable(getattr(m, "get_rope_index", None)) for m in model.modules()):
         return (f"{type(model).__name__} computes its multi-dimensional (M-RoPE) positions from the whole row, "
                 "not per packed example")
@@ -103,11 +146,12 @@ class HFVisionLanguageBackbone(Backbone):
         processor: the model's processor when `model` is a model (loaded with it when `model` is a path).
         dtype: torch dtype name for the weights, e.g. "bfloat16".
         quantization: "4bit" (NF4, double quantization) / "8bit" bitsandbytes weights for the language
-            model (QLoRA); the vision encoder and projector stay unquantized.
+            model (QLoRA); the vision and audio encoders and the projectors stay unquantized.
         trust_remote_code: explicit opt-in for checkpoints that ship their own code.
         max_length: context length; default: the text config's `max_position_embeddings`.
-        parts: module paths overriding the derived ones, e.g. `{"projector": "model.connector"}`; a list of
-            paths for a part made of several modules.
+        parts: module paths overriding the derived ones ("vision", "audio", "projector", "language_model"), e.g.
+            `{"projector": "model.connector"}`; a list of paths for a part made of several modules (the projector
+            of a model with vision and audio is its vision projector(s) and its audio projector).
         images_kwargs: extra image-processor arguments (see `HFProcessor`).
     """
 
@@ -140,9 +184,9 @@ class HFVisionLanguageBackbone(Backbone):
                                      model)
         self.processor.packing_blocker = packing_blocker(model)
         given = {k: v if isinstance(v, str) else tuple(v) for k, v in (parts or {}).items()}
-        unknown = sorted(set(given) - {"vision", "projector", "language_model"})
+        unknown = sorted(set(given) - {"vision", "audio", "projector", "language_model"})
         if unknown:
-            raise ValueError(f"HFVisionLanguageBackbone: parts {unknown} unknown; expected vision, projector, "
+            raise ValueError(f"HFVisionLanguageBackbone: parts {unknown} unknown; expected vision, audio, projector, "
                              "language_model")
         self._paths = {**derive_parts(model, given), **given}
         for name, path in self._paths.items():
@@ -156,6 +200,13 @@ class HFVisionLanguageBackbone(Backbone):
 
     def part_paths(self) -> dict[Part, str | tuple[str, ...]]:
         return dict(self._paths)  # type: ignore[arg-type]
+
+    def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """As `Backbone.logits`; a model whose `forward` takes no `logits_to_keep` (Qwen2-Audio, the Qwen2.5-Omni
+        thinker: it would be passed on and ignored) gives its full logits, cut to `keep` here."""
+        if "logits_to_keep" in (self.processor.input_names or ()):
+            return super().logits(inputs, keep)
+        return self.core(**self.cast_inputs(inputs), use_cache=False).logits[:, keep]
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """Write the model (LoRA merged, if any) and its processor as a folder `from_pretrained` loads."""
@@ -176,7 +227,7 @@ def _load(path: str, dtype: str | None, quantization: Quantization | None,
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             with torch.device("meta"):
                 paths = derive_parts(AutoModelForMultimodalLM.from_config(config, trust_remote_code=trust_remote_code))
-            skip = [p for part in ("vision", "projector") for p in _as_tuple(paths[part])]
+            skip = [p for part in ("vision", "audio", "projector") if part in paths for p in _as_tuple(paths[part])]
             kwargs["quantization_config"] = quantization_config(quantization, dtype, skip=[*skip, "lm_head"])
         model = AutoModelForMultimodalLM.from_pretrained(path, **kwargs)
     except ValueError as err:
@@ -203,10 +254,17 @@ PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "embed_
 Qwen3-VL's DeepStack mergers (which feed inner vision features into the first decoder layers)."""
 
 
+AUDIO_PROJECTOR_NAMES = ("multi_modal_projector", "audio_projector", "embed_audio", "proj")
+"""The same for audio features: Qwen2-Audio's (and Voxtral's) `multi_modal_projector` beside the audio encoder, Gemma
+3n's `embed_audio`, and the Qwen2.5-Omni audio encoder's own last layer `proj` (its width to the language model's)."""
+
+
 def derive_parts(model: PreTrainedModel, given: dict[str, Any] | None = None) -> dict[str, str | tuple[str, ...]]:
-    """Vision encoder and language model as transformers declares them (`get_encoder(modality="image")`,
-    `get_decoder()`), and the projector: the modules named in `PROJECTOR_NAMES` beside the vision encoder
-    (children of the same base model) or inside it (its own children). Parts in `given` are not derived.
+    """Vision encoder, audio encoder and language model as transformers declares them (`get_encoder(modality=
+    "image")`, `get_encoder(modality="audio")`, `get_decoder()`; a model needs one of the encoders), and the
+    projector: for each encoder, the modules named in `PROJECTOR_NAMES` (vision) or `AUDIO_PROJECTOR_NAMES`
+    (audio) beside it (children of the same base model) or inside it (its own children); a tuple of them where
+    there are several. Parts in `given` are not derived.
 
     Raises:
         ValueError: a part cannot be derived; one line naming the candidates and the `parts=` to pass.
@@ -214,35 +272,39 @@ def derive_parts(model: PreTrainedModel, given: dict[str, Any] | None = None) ->
     given = given or {}
     cls = type(model).__name__
     names = {id(m): n for n, m in model.named_modules()}
-    vision, language = model.get_encoder(modality="image"), model.get_decoder()
     out: dict[str, str | tuple[str, ...]] = {}
-    missing = [p for p, m in (("vision", vision), ("language_model", language)) if m is model and p not in given]
+    for part, module in (("vision", model.get_encoder(modality="image")), ("audio", model.get_encoder(modality="audio")),
+                         ("language_model", model.get_decoder())):
+        if part in given or module is not model:
+            out[part] = given[part] if part in given else names[id(module)]
+    missing = [p for p in ("vision", "language_model") if p not in out and not (p == "vision" and "audio" in out)]
     if missing:
         children = [n for n, _ in model.named_children()]
         raise ValueError(f"{cls}: transformers declares no {' or '.join(missing)} (get_encoder(modality='image') / "
                          f"get_decoder()); its children are {children}; pass parts={{{', '.join(repr(m) + ': ...' for m in missing)}}}")
-    if vision is not model:
-        out["vision"] = names[id(vision)]
-    if language is not model:
-        out["language_model"] = names[id(language)]
     if "projector" in given:
         return out
-    vision_path = given.get("vision", out.get("vision"))
-    vision = model.get_submodule(vision_path)
-    base_path = vision_path.rpartition(".")[0]
-    base = model.get_submodule(base_path) if base_path else model
-    language_path = given.get("language_model", out.get("language_model"))
-    beside = [(f"{base_path}.{n}" if base_path else n, m) for n, m in base.named_children()
-              if f"{base_path}.{n}".lstrip(".") not in (vision_path, language_path)]
-    inside = [(f"{vision_path}.{n}", m) for n, m in vision.named_children()]
-    found = tuple(p for p, m in beside + inside if p.rpartition(".")[2] in PROJECTOR_NAMES and _weights(m))
-    if not found:
-        candidates = [f"{p} ({_weights(m):,} parameters)" for p, m in beside + inside[-3:]
-                      if _weights(m) and not isinstance(m, nn.Embedding)]
-        raise ValueError(f"{cls}: no vision-to-language projector among the module names transformers uses "
-                         f"({', '.join(PROJECTOR_NAMES)}); candidates: {', '.join(candidates) or 'none'}; pass "
-                         f"parts={{'projector': '<module path>'}}")
-    out["projector"] = found[0] if len(found) == 1 else found
+    taken = {p for p in out.values() if isinstance(p, str)}
+    found: list[str] = []
+    for part, known in (("vision", PROJECTOR_NAMES), ("audio", AUDIO_PROJECTOR_NAMES)):
+        if part not in out:
+            continue
+        encoder_path = out[part]
+        encoder = model.get_submodule(encoder_path)
+        base_path = encoder_path.rpartition(".")[0]
+        base = model.get_submodule(base_path) if base_path else model
+        beside = [(f"{base_path}.{n}" if base_path else n, m) for n, m in base.named_children()]
+        beside = [(p, m) for p, m in beside if p not in taken]
+        inside = [(f"{encoder_path}.{n}", m) for n, m in encoder.named_children()]
+        hits = [p for p, m in beside + inside if p.rpartition(".")[2] in known and _weights(m) and p not in found]
+        if not hits:
+            candidates = [f"{p} ({_weights(m):,} parameters)" for p, m in beside + inside[-3:]
+                          if _weights(m) and not isinstance(m, nn.Embedding)]
+            raise ValueError(f"{cls}: no {part}-to-language projector among the module names transformers uses "
+                             f"({', '.join(known)}); candidates: {', '.join(candidates) or 'none'}; pass "
+                             f"parts={{'projector': [<module path of each projector>]}}")
+        found += hits
+    out["projector"] = found[0] if len(found) == 1 else tuple(found)
     return out
 
 

@@ -21,12 +21,14 @@ from emoverse.backbones.tiny import tiny_text_config, tiny_tokenizer
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 
-def chat_template(image: str) -> str:
-    """The tiny chat template, rendering each `{"type": "image"}` content item as `image`."""
+def chat_template(image: str, video: str | None = None) -> str:
+    """The tiny chat template, rendering each `{"type": "image"}` content item as `image` (and, given `video`,
+    each `{"type": "video"}` item as `video`)."""
+    videos = "" if video is None else "{% elif c['type'] == 'video' %}{{ '" + video + "' }}"
     return (
         "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' }}"
         "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-        "{% if c['type'] == 'image' %}{{ '" + image + "' }}{% else %}{{ c['text'] }}{% endif %}"
+        "{% if c['type'] == 'image' %}{{ '" + image + "' }}" + videos + "{% else %}{{ c['text'] }}{% endif %}"
         "{% endfor %}{% endif %}{{ '<|end|>\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
     )
@@ -73,11 +75,12 @@ def tiny_qwen2_vl(hidden: int = 64, layers: int = 2, seed: int = 0, **kwargs: An
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=True,
     )
-    sizes = dict(patch_size=8, merge_size=2, temporal_patch_size=2)
+    sizes = dict(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=64 * 64)
     processor = tf.Qwen2VLProcessor(
-        image_processor=tf.Qwen2VLImageProcessor(min_pixels=32 * 32, max_pixels=64 * 64, **sizes),
-        tokenizer=tok, video_processor=tf.Qwen2VLVideoProcessor(**sizes),
-        chat_template=chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
+        image_processor=tf.Qwen2VLImageProcessor(**sizes), tokenizer=tok,
+        video_processor=tf.Qwen2VLVideoProcessor(**sizes, cap_pixels_per_frame=True),  # frames sized as images
+        chat_template=chat_template("<|vision_start|><|image_pad|><|vision_end|>",
+                                    "<|vision_start|><|video_pad|><|vision_end|>"),
     )
     return HFVisionLanguageBackbone(_seeded(seed, lambda: tf.Qwen2VLForConditionalGeneration(config)), processor,
                                     **kwargs)
@@ -139,7 +142,7 @@ def tiny_llava_onevision(hidden: int = 64, layers: int = 2, seed: int = 0, **kwa
     processor = tf.LlavaOnevisionProcessor(
         image_processor=tf.LlavaOnevisionImageProcessor(size=square, crop_size=square, image_grid_pinpoints=grid),
         tokenizer=tok, video_processor=tf.LlavaOnevisionVideoProcessor(size=square), num_image_tokens=16,
-        vision_feature_select_strategy="full", chat_template=chat_template("<image>"),
+        vision_feature_select_strategy="full", chat_template=chat_template("<image>", "<video>"),
     )
     return HFVisionLanguageBackbone(_seeded(seed, lambda: tf.LlavaOnevisionForConditionalGeneration(config)),
                                     processor, **kwargs)
