@@ -99,7 +99,7 @@ class EmoVerseModule(pl.LightningModule):
         self.set_trainable(_initial_parts(trainable, curriculum))
         self._record_trained()
         self.tasks: dict[str, Task] = {t: get_task(t, **(task_args or {}).get(t, {})) for t in tasks}
-        accepts = getattr(self.backbone.processor, "modalities", frozenset({"image"}))  # TEMP until audiomodel merge
+        accepts = self.backbone.processor.modalities
         for name, task in self.tasks.items():  # unless configured, a task shows what the backbone takes
             if "media" not in (task_args or {}).get(name, {}):
                 task.media = default_media(accepts)

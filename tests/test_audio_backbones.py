@@ -37,9 +37,11 @@ PROJECTOR = {
     "tiny_audio": ("projector", "audio_projector"),
     "tiny_qwen2_audio": ("model.multi_modal_projector",),
     "tiny_qwen2_5_omni": ("model.visual.merger", "model.audio_tower.proj"),
+    "tiny_gemma3n": ("model.embed_vision", "model.embed_audio"),
 }
 """The modules each architecture maps encoder features into the language model with (vision, then audio)."""
-AUDIO_ENCODER = {"tiny_audio": "audio", "tiny_qwen2_audio": "model.audio_tower", "tiny_qwen2_5_omni": "model.audio_tower"}
+AUDIO_ENCODER = {"tiny_audio": "audio", "tiny_qwen2_audio": "model.audio_tower", "tiny_qwen2_5_omni": "model.audio_tower",
+                 "tiny_gemma3n": "model.audio_tower"}
 
 
 def clip(seconds: float, seed: int = 0) -> np.ndarray:

@@ -34,9 +34,11 @@ PROJECTOR = {
     "tiny_paligemma": ("model.multi_modal_projector",),
     "tiny_mllama": ("model.multi_modal_projector",),
     "tiny_glm4v": ("model.visual.merger",),
-    "tiny_gemma3n": ("model.embed_vision",),
+    "tiny_gemma3n": ("model.embed_vision", "model.embed_audio"),
+    "tiny_audio": ("projector", "audio_projector"),
+    "tiny_qwen2_5_omni": ("model.visual.merger", "model.audio_tower.proj"),
 }
-"""The module(s) each architecture maps vision features into the language model with, by path."""
+"""The module(s) each architecture maps vision (then audio) features into the language model with, by path."""
 
 
 def test_every_tiny_preset_has_its_projector_listed() -> None:

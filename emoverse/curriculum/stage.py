@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
-Part = Literal["projector", "lora", "vision"]
+Part = Literal["projector", "lora", "vision", "audio"]
 """The model parts a stage can train."""
 
 PARTS: tuple[str, ...] = get_args(Part)
