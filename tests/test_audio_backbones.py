@@ -21,6 +21,7 @@ from torch import nn
 
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.media import SAMPLE_RATE
+from emoverse.data.collator import AMTCollator
 from tests.test_backbones import with_lora
 from tests.test_scaling import one_rank_mesh  # noqa: F401, F811  (a fixture)
 
@@ -65,10 +66,8 @@ def audio_examples(name: str, seconds: tuple[float | None, ...] = (0.5, 1.0), vi
 
 
 def collate(processor, examples: list[dict], mode: str = "train") -> dict:
-    """What the collator hands the module: the processor's batch, audio and `as_video` per row."""
-    return processor([e["query"] for e in examples], [e["images"] for e in examples],
-                     [e["response"] for e in examples] if mode == "train" else None,
-                     audios=[e["audio"] for e in examples], as_video=[e["as_video"] for e in examples])
+    """What the collator hands the module (`AMTCollator`: the processor's batch with audio and `as_video` per row)."""
+    return AMTCollator(processor, mode)(examples)
 
 
 def _paths(path: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -409,3 +408,27 @@ def test_fsdp2_units_cover_every_part(name: str, one_rank_mesh) -> None:  # noqa
     assert sum(u.params for u in units) == total and sum(u.params for u in units if u.trainable) == trainable
     kinds = {u.name: u.trainable for u in units if u.name in ("vision", "audio", "projector")}
     assert kinds == {"projector": True, **{p: False for p in ("vision", "audio") if p in module.backbone.part_paths()}}
+
+
+@pytest.mark.parametrize("name", AUDIO)
+def test_different_sounds_give_different_audio_tokens(name: str) -> None:
+    """What the audio projector receives differs from clip to clip by a good share of its size: a tiny encoder drawn
+    at transformers' 0.02 std gives almost only its positional embeddings (0.4 % apart on tiny_audio), which a
+    frozen encoder never outgrows, and audio-alone training then learns nothing from sound."""
+    bb = create_backbone(name).eval()
+    seen: list[torch.Tensor] = []
+    projector = bb.core.get_submodule(PROJECTOR[name][-1])
+    def keep(module, args, kwargs, out):  # the projector's input, given positionally or by name
+        seen.append(next(v for v in (*args, *kwargs.values()) if torch.is_tensor(v)).detach().float().flatten())
+
+    hook = projector.register_forward_hook(keep, with_kwargs=True)
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    loud_low = (0.5 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
+    soft_high = (0.05 * np.sin(2 * np.pi * (400 + 300 * t) * t)).astype(np.float32)
+    with torch.no_grad():
+        for wave in (loud_low, soft_high):
+            ex = [{**audio_examples(name, (1.0,))[0], "audio": wave}]
+            bb.loss(collate(bb.processor, ex))
+    hook.remove()
+    a, b = seen[-2], seen[-1]
+    assert float((a - b).norm() / a.norm()) > 0.05
