@@ -219,3 +219,47 @@ def test_a_build_without_audio_writes_the_shards_of_the_code_before_audio(tmp_pa
         digest.update(path.relative_to(tmp_path).as_posix().encode())
         digest.update(path.read_bytes())
     assert len(shards) == 10 and digest.hexdigest() == TEXT_ONLY_SHARDS_SHA256
+
+
+def test_emoverse_fit_trains_an_audio_backbone_on_the_build(built, tmp_path: Path) -> None:
+    """The build's audio reaches training: `tiny_audio` fits on the clips that kept their audio (the MELD dev and
+    CMU-MOSEI val records: the build's train split has none, so they are written again as a train split here), and
+    its audio projector moves."""
+    import dataclasses
+
+    import torch
+
+    from emoverse.backbones import create_backbone
+    from emoverse.cli import main as emoverse_main
+    from emoverse.data.shards import write_shards
+
+    root, _, _ = built
+    data = tmp_path / "amt"
+    index = ShardIndex(root / "amt", "val")
+    heard = [index.record(i) for i in range(len(index))]
+    assert sum(r.audio is not None for r in heard) == 9
+    write_shards([dataclasses.replace(r, split="train") for r in heard], data, "train")
+    write_shards(heard, data, "val")
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 2, "accelerator": "cpu", "limit_val_batches": 0, "num_sanity_val_steps": 0,
+                    "log_every_n_steps": 1, "default_root_dir": str(tmp_path),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}},
+        "model": {"class_path": "emoverse.EmoVerseModule",
+                  "init_args": {"backbone": "tiny_audio", "tasks": ["msa", "mer"], "lr": 0.01,
+                                "task_args": {"mer": {"media": ["audio"]}}}},  # msa: frames + audio (the default)
+        "data": {"class_path": "emoverse.AMTDataModule",
+                 "init_args": {"path": str(data), "batch_size": 8, "num_frames": 2}},
+    }
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
+    emoverse_main(["fit", "--config", str(tmp_path / "fit.yaml")])
+    run = next(tmp_path.glob("lightning_logs/version_*"))
+    with (run / "metrics.csv").open() as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    before = create_backbone("tiny_audio").core.audio_projector.state_dict()
+    moved = [k for k, v in state.items() if ".audio_projector." in k
+             and not torch.equal(v, before[k.split(".audio_projector.", 1)[1]])]
+    assert moved, "the audio projector did not train: no audio reached the model"
