@@ -2,7 +2,8 @@
 quickstart, exports with `emoverse export`, and the export reloads by path and generates what the checkpoint
 generates: offline, in the default suite.
 
-The fit is the quickstart config with two optimizer steps on batches of 2 and no validation (what a longer
+The fit is the quickstart config (packed rows where the family packs, padded token-budget batches where it
+cannot) with two optimizer steps on batches of 512 tokens and no validation (what a longer
 fit adds, in-loop generation and scoring, runs in `pytest -m slow tests/test_backbone_contract.py`), so each
 family costs a few seconds on a CPU.
 """
@@ -44,7 +45,7 @@ def test_family_fits_exports_and_the_export_generates_what_the_checkpoint_does(
     emoverse_fit(["fit", "--config", str(_quickstart_with(name, tmp_path)), "--data.init_args.path", str(demo_amt),
                   "--trainer.max_steps", str(STEPS), "--trainer.limit_val_batches", "0",
                   "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1",
-                  "--data.init_args.batch_size", "2", "--trainer.logger.init_args.save_dir", str(runs),
+                  "--data.init_args.max_tokens", "512", "--trainer.logger.init_args.save_dir", str(runs),
                   "--trainer.default_root_dir", str(runs)])
     run = next(runs.glob("lightning_logs/version_*"))
     losses = _losses(run)

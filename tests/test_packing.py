@@ -115,11 +115,15 @@ def test_datamodule_validates_the_batching_options(kwargs, match) -> None:
         AMTDataModule("unused", **kwargs)
 
 
-def test_a_backbone_that_cannot_pack_says_so_at_setup(demo_amt: Path) -> None:
-    backbone = create_backbone("tiny_qwen2_vl")
+def test_a_backbone_that_cannot_pack_says_so_and_trains_on_token_budget_batches(demo_amt: Path) -> None:
+    backbone = create_backbone("tiny_mllama")  # a cross-attention mask per token: nothing to pack it by
     data = AMTDataModule(str(demo_amt), max_tokens=2048, packing=True, processor=backbone.processor, tasks=TASKS)
-    with pytest.raises(ValueError, match=r"cannot pack: .*M-RoPE.*; set packing: false \(max_tokens batches still apply"):
+    with pytest.warns(UserWarning, match=r"this backbone cannot pack \(.*cross_attention_mask.*\); its training "
+                                         r"batches are token-budget batches of up to 2048 tokens, padded"):
         data.setup("fit")
+    assert data.budget is not None and not data.budget.packing
+    batch = next(iter(data.train_dataloader()))
+    assert "packed_lengths" not in batch and batch["inputs"]["input_ids"].numel() <= 2048 or len(batch["ids"]) == 1
 
 
 @pytest.mark.parametrize("packing", [False, True])

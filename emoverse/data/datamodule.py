@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -69,8 +71,9 @@ class AMTDataModule(pl.LightningDataModule):
             example longer than `max_tokens` trains in a batch of its own (a warning counts them).
             None (default): `batch_size` rows per batch.
         packing: concatenate each batch's rows into one padding-free row with per-example position
-            ids (no attention across examples); needs `max_tokens` and a backbone that can pack
-            (`BackboneProcessor.packing_unsupported` says why one cannot).
+            ids (no attention across examples); needs `max_tokens`. A backbone that cannot pack
+            (`BackboneProcessor.packing_unsupported` says why) warns in one line and trains on padded
+            `max_tokens` batches instead, so one config serves every backbone.
         bucket_window: draws per length-sorting window of `max_tokens` batching.
         drop_modalities: modalities taken out of every prompt of every split (`MODALITIES`): "frames",
             "audio", "text" (the transcript). For a modality ablation, `emoverse test` one checkpoint once
@@ -147,9 +150,11 @@ class AMTDataModule(pl.LightningDataModule):
                                                     budget="all")], seed=self.seed)
             if self.budget is not None and self.budget.packing:
                 reason = self.processor.packing_unsupported()
-                if reason:
-                    raise ValueError(f"AMTDataModule(packing=True): this backbone cannot pack: {reason}; set packing: "
-                                     "false (max_tokens batches still apply)")
+                if reason:  # the config stays valid for every backbone: the same budget, rows padded instead
+                    rank_zero_warn(f"AMTDataModule(packing=True): this backbone cannot pack ({reason}); its training "
+                                   f"batches are token-budget batches of up to {self.budget.max_tokens} tokens, padded "
+                                   "and length-sorted (docs/data.md)")
+                    self.budget = dataclasses.replace(self.budget, packing=False)
             train = self.datasets["train"]
             self.curriculum.bind(records, self._ranks()[0], self.batch_size, budget=self.budget,
                                  lengths=train.example_length if self.budget is not None else None)
