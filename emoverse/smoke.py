@@ -2,7 +2,8 @@
 
 The configs are merged as `emoverse fit --config A --config B` would merge them; then the parts that
 need a GPU, weights or the real AMT are swapped for what runs on a laptop CPU in seconds: the
-built-in `tiny` backbone (no `backbone_args`), one CPU process in fp32, the demo AMT (built on first
+built-in `tiny` backbone (`tiny_audio` where a task hears, `tiny_qwen2_vl` where one takes video:
+`tiny_for`; no `backbone_args`), one CPU process in fp32, the demo AMT (built on first
 use), small batches, no gradient accumulation, `--steps` optimizer steps and one validation batch.
 Every other key (callbacks, curriculum, LoRA, lr, logger, ...) is kept; stage budgets larger than
 the demo data are capped and stage `sources` dropped (the demo AMT has one source, `demo`), so the
@@ -51,7 +52,22 @@ def smoke_config(configs: list[str], out: str, demo: str, steps: int) -> str:
     finally:
         sys.argv = saved
     _fit_to_demo(cli.config)
+    cli.config.model.init_args.backbone = tiny_for(cli.config.model.init_args.get("task_args"))
     return cli.parser.dump(cli.config, skip_none=False)
+
+
+TINY_FOR_MEDIA: dict[frozenset[str], str] = {
+    frozenset(): "tiny", frozenset({"audio"}): "tiny_audio", frozenset({"video"}): "tiny_qwen2_vl",
+    frozenset({"audio", "video"}): "tiny_qwen2_5_omni",
+}
+"""The tiny preset a smoke run takes for what the config's tasks show besides frames."""
+
+
+def tiny_for(task_args: Any) -> str:
+    """The tiny backbone that takes every medium `task_args` names (`{task: {media: [...]}}`): `tiny`, or one
+    that also hears (`tiny_audio`), takes video, or both."""
+    media = {m for args in (task_args or {}).values() if isinstance(args, dict) for m in args.get("media") or []}
+    return TINY_FOR_MEDIA[frozenset(media) & {"audio", "video"}]
 
 
 def _fit_to_demo(config: Any) -> None:

@@ -20,7 +20,7 @@ from tests.test_backbones import TINY, with_lora
 
 TASKS = {t: get_task(t) for t in ("msa", "mer", "fer", "eri", "ecpe")}
 CAN_PACK = {"tiny", "tiny_qwen2_mlp", "tiny_llava", "tiny_llava_onevision", "tiny_llava_next_video", "tiny_internvl",
-            "tiny_idefics3"}
+            "tiny_idefics3", "tiny_audio"}
 """The tiny presets whose rows pack; the others must say why not in one line."""
 
 # Measured (2026-12-02, CPU, float32, sdpa): packed vs padded per-example summed losses agree to <= 2.1e-7 relative,
@@ -48,7 +48,8 @@ def _loss_and_grads(backbone, batch) -> tuple[dict[str, torch.Tensor], dict[str,
     backbone.zero_grad(set_to_none=True)
     out = backbone.loss(batch)
     out["loss"].backward()
-    grads = {n: p.grad.detach().clone() for n, p in backbone.named_parameters() if p.requires_grad}
+    grads = {n: p.grad.detach().clone() for n, p in backbone.named_parameters()  # frames only: no audio gradient
+             if p.requires_grad and p.grad is not None}
     return {k: v.detach() for k, v in out.items()}, grads
 
 
