@@ -78,6 +78,12 @@ class Backbone(nn.Module, ABC):
         """
         return self.core(**self.cast_inputs(inputs), logits_to_keep=keep, use_cache=False).logits
 
+    def packed_inputs(self, inputs: Mapping[str, torch.Tensor], lengths: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """The model inputs of a packed row (`BackboneProcessor.pack`; `lengths`: tokens per example) as `logits`
+        takes them. The default: as they are (a model that reads `position_ids` as given); a model that computes
+        positions from the whole row replaces them by those of each example (`HFVisionLanguageBackbone`)."""
+        return inputs
+
     def generate_ids(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int,
                      sampling: Sampling | None = None) -> torch.Tensor:
         """KV-cached generation from left-padded prompts: the new token ids `[B, T]`, greedy, or sampled
@@ -207,11 +213,12 @@ class Backbone(nn.Module, ABC):
         A packed batch (`BackboneProcessor.pack`: one row, `packed_lengths`) gives the same per example."""
         targets = batch["labels"][:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # positions where some row has a response
-        logits = self.logits(batch["inputs"], keep)
+        lengths = batch.get("packed_lengths")
+        inputs = batch["inputs"] if lengths is None else self.packed_inputs(batch["inputs"], lengths)
+        logits = self.logits(inputs, keep)
         targets = targets[:, keep]
         token_loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
         valid = targets != IGNORE_INDEX
-        lengths = batch.get("packed_lengths")
         if lengths is None:
             sums, counts = token_loss.sum(1), valid.sum(1)
         else:  # target p predicts token p + 1, which belongs to the example holding it (never the one before)

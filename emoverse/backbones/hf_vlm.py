@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor, Pr
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part
 from emoverse.backbones.media import SAMPLE_RATE, video_array
+from emoverse.backbones.packing import mask_blocker, packed_rope_positions, rope_index_blocker, rope_index_path
 from emoverse.backbones.processor import media_part
 from emoverse.backbones.quantization import Quantization, quantization_config
 
@@ -116,18 +117,16 @@ class HFProcessor(BackboneProcessor):
 def packing_blocker(model: nn.Module) -> str | None:
     """Why `model` cannot train on packed rows (`BackboneProcessor.pack`), or None.
 
-    Packed rows need the model to take `position_ids` and to use them as they are: a model that computes
-    multi-dimensional rotary positions from the whole row itself (Qwen2-VL's M-RoPE and its relatives,
-    `get_rope_index`) would need them computed per example, which emoverse does not do yet.
+    Packed rows need the model to take `position_ids` and to keep its attention mask per example
+    (`packing.mask_blocker`); a model that computes multi-dimensional rotary positions from the whole row itself
+    (Qwen2-VL's M-RoPE and its relatives, `get_rope_index`) gets them computed per example
+    (`packing.packed_rope_positions`), which needs every argument of its `get_rope_index` from its inputs.
     """
-    if "position_ids" not in forward_inputs(model):
+    names = forward_inputs(model)
+    if "position_ids" not in names:
         return f"{type(model).__name__}.forward takes no position_ids"
-    if model.get_encoder(modality="audio") is not model:  # not measured yet: say no rather than pack untested
-        return f"{type(model).__name__} takes audio, and packing audio rows is not tested for transformers models"
-    if any(callable(getattr(m, "get_rope_index", None)) for m in model.modules()):
-        return (f"{type(model).__name__} computes its multi-dimensional (M-RoPE) positions from the whole row, "
-                "not per packed example")
-    return None
+    path = rope_index_path(model)
+    return mask_blocker(model, names) or (None if path is None else rope_index_blocker(model.get_submodule(path), names))
 
 
 def forward_inputs(model: nn.Module) -> frozenset[str]:
@@ -183,6 +182,7 @@ class HFVisionLanguageBackbone(Backbone):
         self.processor = HFProcessor(processor, max_length or text_config.max_position_embeddings, images_kwargs,
                                      model)
         self.processor.packing_blocker = packing_blocker(model)
+        self._rope_path = rope_index_path(model)  # a path, not the module: a second reference would register it twice
         given = {k: v if isinstance(v, str) else tuple(v) for k, v in (parts or {}).items()}
         unknown = sorted(set(given) - {"vision", "audio", "projector", "language_model"})
         if unknown:
@@ -200,6 +200,15 @@ class HFVisionLanguageBackbone(Backbone):
 
     def part_paths(self) -> dict[Part, str | tuple[str, ...]]:
         return dict(self._paths)  # type: ignore[arg-type]
+
+    def packed_inputs(self, inputs: Mapping[str, torch.Tensor], lengths: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """As `Backbone.packed_inputs`; a model that computes its M-RoPE positions from the whole row (`get_rope_index`)
+        gets those of each example on its own, with the plain per-example positions in front (`[4, 1, tokens]`,
+        `packing.packed_rope_positions`)."""
+        if self._rope_path is None:
+            return inputs
+        module = self.core.get_submodule(self._rope_path)
+        return {**inputs, "position_ids": packed_rope_positions(module, inputs, lengths)}
 
     def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
         """As `Backbone.logits`; a model whose `forward` takes no `logits_to_keep` (Qwen2-Audio, the Qwen2.5-Omni
