@@ -27,6 +27,7 @@ from emoverse.amt.sources import ECFSource, MELDSource, MOSEISource
 from emoverse.data.audio import AUDIO_KEY, MAX_SAMPLES, SAMPLE_RATE, read_audio
 from emoverse.data.shards import ShardIndex
 from tests.test_audio import TONE_HZ, dominant_hz, write_clip
+from tests.test_cli import _losses
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "meld").exists(), reason=f"real annotation data not found at {DATA}")
@@ -254,8 +255,7 @@ def test_emoverse_fit_trains_an_audio_backbone_on_the_build(built, tmp_path: Pat
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
     emoverse_main(["fit", "--config", str(tmp_path / "fit.yaml")])
     run = next(tmp_path.glob("lightning_logs/version_*"))
-    with (run / "metrics.csv").open() as f:
-        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    losses = _losses(run)
     assert len(losses) == 2 and all(np.isfinite(losses))
     ckpt = next((run / "checkpoints").glob("*.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]

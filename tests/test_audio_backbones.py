@@ -22,7 +22,7 @@ from torch import nn
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.media import SAMPLE_RATE
 from emoverse.data.collator import AMTCollator
-from tests.test_backbones import with_lora
+from tests.test_backbones import nudge_trained, with_lora
 from tests.test_scaling import one_rank_mesh  # noqa: F401, F811  (a fixture)
 
 
@@ -133,10 +133,7 @@ def test_audio_tokens_follow_the_duration(name: str, per_second: int) -> None:
 @pytest.mark.parametrize("name", AUDIO)
 def test_trained_weights_round_trip(name: str) -> None:
     a, b = with_lora(name), with_lora(name)
-    with torch.no_grad():
-        for p in a.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    nudge_trained(a, 0.1)
     trained = {n for n, p in a.named_parameters() if p.requires_grad}
     b.load_state_dict({k: v for k, v in a.state_dict().items() if k in trained}, strict=False)
     batch = collate(a.processor, audio_examples(name))
@@ -191,10 +188,7 @@ def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path: Path)
 
     torch.manual_seed(0)
     module = EmoVerseModule(name)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
+    nudge_trained(module, 0.05)
     module.eval()
     exs = audio_examples(name, (0.5, 1.0), video=True)
     before = module.backbone.generate_ids(collate(module.processor, exs, "generate")["inputs"], 5)

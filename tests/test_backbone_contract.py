@@ -16,7 +16,7 @@ from torch import nn
 from emoverse.backbones import HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.base import lora_candidates
 from emoverse.data.collator import AMTCollator
-from tests.test_backbones import TINY, examples, with_lora
+from tests.test_backbones import TINY, examples, nudge_trained, with_lora
 
 PROJECTOR = {
     "tiny": ("projector",),
@@ -263,10 +263,7 @@ def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path) -> No
 
     torch.manual_seed(0)
     module = EmoVerseModule(name)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
+    nudge_trained(module, 0.05)
     module.eval()
     batch = AMTCollator(module.processor, "generate")(examples((1, 2)))
     before = module.backbone.generate_ids(batch["inputs"], 5)

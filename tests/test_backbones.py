@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.tiny import tiny_tokenizer
@@ -126,13 +127,18 @@ def test_prompt_length_is_exact(name: str) -> None:
     assert [bb.processor.prompt_length(e["query"], e["images"]) for e in exs] == got
 
 
+def nudge_trained(model: nn.Module, scale: float) -> None:
+    """Move every trainable weight by Gaussian noise of std `scale` (as if trained), in place."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_trained_weights_round_trip(name: str) -> None:
     a, b = with_lora(name), with_lora(name)
-    with torch.no_grad():
-        for p in a.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    nudge_trained(a, 0.1)
     trained = {k: v for k, v in a.state_dict().items() if k in {n for n, p in a.named_parameters() if p.requires_grad}}
     b.load_state_dict(trained, strict=False)
     batch = AMTCollator(a.processor, "train")(examples())

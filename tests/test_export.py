@@ -18,15 +18,13 @@ from emoverse.backbones import HFVisionLanguageBackbone
 from emoverse.backbones.composed import ComposedModel
 from emoverse.data.collator import AMTCollator
 from emoverse.export import export_merged, export_trained, load_composed, load_trained, main
+from tests.test_backbones import nudge_trained
 
 
 def trained(backbone: str) -> EmoVerseModule:
     torch.manual_seed(0)
     module = EmoVerseModule(backbone)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
+    nudge_trained(module, 0.05)
     return module.eval()
 
 

@@ -46,7 +46,7 @@ class AMTCollator:
         try:
             batch = self.processor([ex["query"] for ex in examples], [ex["images"] for ex in examples],
                                    [ex["response"] for ex in examples] if train else None, self.system_prompt,
-                                   **media_kwargs(examples))
+                                   **batch_media(examples))
         except PromptTooLong as err:
             ex = examples[err.row]
             raise ValueError(f"record {ex['id']} ({ex['task']}): {err.tokens} tokens exceed the context of "
@@ -63,7 +63,7 @@ class AMTCollator:
         return batch
 
 
-def media_kwargs(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def batch_media(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The processor's media arguments for a batch (`audios`, `as_video`, per row), only those some row shows,
     so a processor without audio or video support is called exactly as for image-only examples."""
     out: dict[str, Any] = {}

@@ -96,9 +96,8 @@ class AMTDataset(torch.utils.data.Dataset):
                             self.system_prompt, drop=self.drop)
 
     def hears(self, task: str) -> bool:
-        """Whether `task`'s prompts carry the audio (its media, less the dropped modalities): only then is a
-        record's audio decoded."""
-        return "audio" in self.tasks[task].media and "audio" not in self.drop
+        """Whether `task`'s prompts carry the audio (`hears`): only then is a record's audio decoded."""
+        return hears(self.tasks[task], self.drop)
 
     def example_length(self, i: int, task: str) -> int:
         """Tokens of the training row of (record `i`, `task`) as the collator encodes it: the prompt with its
@@ -116,7 +115,7 @@ class AMTDataset(torch.utils.data.Dataset):
         record = dataclasses.replace(record, frames=frames)
         ex = make_example(record, self.tasks[task], self.processor, self.num_frames, self.seed, self.system_prompt,
                           drop=self.drop)
-        return (self.processor.prompt_length(ex["query"], ex["images"], self.system_prompt, **media_kwargs(ex))
+        return (self.processor.prompt_length(ex["query"], ex["images"], self.system_prompt, **prompt_media(ex))
                 + len(self.processor.tokenize(ex["response"])) + len(self.processor.end_ids))
 
 
@@ -143,6 +142,11 @@ class BatchedPairs(torch.utils.data.Dataset):
 MODALITIES: tuple[str, ...] = ("frames", "audio", "text")
 """What `drop` (`AMTDataModule(drop_modalities=...)`) can take out of every prompt: the frames (as images or
 video), the audio track, the transcript (the utterance and its dialogue turns' text)."""
+
+
+def hears(task: Task, drop: frozenset[str]) -> bool:
+    """Whether `task`'s prompts carry the audio: its media name it and the run does not drop it."""
+    return "audio" in task.media and "audio" not in drop
 
 
 def check_drop(drop: Sequence[str], owner: str) -> frozenset[str]:
@@ -172,7 +176,7 @@ def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, nu
     shows = set(task.media) - ({"frames", "video"} if "frames" in drop else set()) - (drop & {"audio"})
     images = rgb_frames(select_frames(record, task.frames, num_frames), where) if shows & {"frames", "video"} else []
     audio = decode_audio(record.audio, where) if "audio" in shows and record.audio is not None else None
-    media = media_kwargs({"audio": audio, "as_video": "video" in shows})
+    media = prompt_media({"audio": audio, "as_video": "video" in shows})
     seed_text = f"{seed}/{record.id}/{task.name}"
 
     def pose(context: list[Any]) -> tuple[str, str]:  # (query, response) showing these dialogue turns
@@ -197,7 +201,7 @@ def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, nu
             "record": dataclasses.replace(record, frames=[], audio=None), "truncated": truncated}
 
 
-def media_kwargs(example: Mapping[str, Any]) -> dict[str, Any]:
+def prompt_media(example: Mapping[str, Any]) -> dict[str, Any]:
     """The media arguments of `BackboneProcessor.prompt_length` for an example: only those it shows, so a
     processor without audio or video support is called exactly as for an image-only example."""
     return {**({"audio": example["audio"]} if example.get("audio") is not None else {}),

@@ -18,7 +18,7 @@ import torch
 
 from emoverse.backbones.base import BackboneProcessor
 from emoverse.curriculum.streams import mix_streams
-from emoverse.data.dataset import check_drop, make_example
+from emoverse.data.dataset import check_drop, hears, make_example
 from emoverse.data.shards import OnCorrupt, shard_paths, stream_records
 
 if TYPE_CHECKING:
@@ -63,9 +63,8 @@ class AMTStream(torch.utils.data.IterableDataset):
 
     def _task_stream(self, name: str, seed: int, seen: list[int]) -> Iterator[Any]:
         task = self.tasks[name]
-        hears = "audio" in task.media and "audio" not in self.drop
         for record in stream_records(self.root, self.split, shuffle=self.shuffle, seed=seed, on_corrupt=self.on_corrupt,
-                                     with_audio=hears):
+                                     with_audio=hears(task, self.drop)):
             seen[0] += 1
             if task.has_label(record):
                 yield record

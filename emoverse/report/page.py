@@ -16,8 +16,8 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from emoverse.report import analysis, plots
-from emoverse.report.paper import HEADLINE_LABELS, TABLE4_EMOVERSE_4B
 from emoverse.report.modalities import modality_sets
+from emoverse.report.paper import HEADLINE_LABELS, TABLE4_EMOVERSE_4B
 from emoverse.report.run import Run, load_run
 from emoverse.report.stages import StageView, stage_views
 
