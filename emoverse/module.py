@@ -19,7 +19,7 @@ from emoverse.curriculum.curriculum import Curriculum
 from emoverse.curriculum.stage import Stage
 from emoverse.data.record import Utterance
 from emoverse.evaluation import SPLITS
-from emoverse.schedule import StageSchedule
+from emoverse.schedule import StageSchedule, check_optimizer_args
 from emoverse.tasks import get_task, list_tasks
 from emoverse.tasks.base import Task, check_media_support, default_media
 
@@ -78,6 +78,7 @@ class EmoVerseModule(pl.LightningModule):
         predictions_path: str | None = None,
     ) -> None:
         super().__init__()
+        check_optimizer_args(lr, warmup_ratio, weight_decay)  # before the backbone is built: fail fast, named
         if isinstance(backbone, str) and backbone.startswith(_PYTHON_BUILT):
             raise ValueError(f"this module was built with a {backbone[len(_PYTHON_BUILT):]} object, which a checkpoint "
                              "cannot rebuild: pass backbone=<the same backbone> to load_from_checkpoint")

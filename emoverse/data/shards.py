@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import webdataset as wds
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from emoverse.data.audio import AUDIO_KEY, decode_audio, encode_audio
 from emoverse.data.record import FRAME_MODES, SPLITS, AMTRecord, has_audio
@@ -44,13 +44,26 @@ def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, where: str) -> Image.Image:
+def decode_image(data: bytes, where: str, member: str | None = None) -> Image.Image:
+    """Decode one frame; `where` (shard, record, frame) and the tar `member` name it in the error.
+
+    Raises:
+        CorruptShardError: the bytes are not an image PIL can decode.
+    """
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Exception as err:  # PIL raises many types for corrupt data
-        raise ValueError(f"{where}: not a decodable image ({err})") from err
+        # PIL's own message names an anonymous buffer ("cannot identify image file <_io.BytesIO object at 0x...>")
+        reason = "not an image format PIL can identify" if isinstance(err, UnidentifiedImageError) else str(err)
+        named = f"member {member}: " if member else ""
+        raise CorruptShardError(f"{where}: not a decodable image ({named}{reason}, {len(data)} bytes)") from err
     return img
+
+
+def frame_member(key: str, k: int) -> str:
+    """The tar member name of frame `k` of record `key`."""
+    return f"{key}.f{k}.jpg"
 
 
 def write_shards(records: Iterable[AMTRecord], root: str | Path, split: str, maxcount: int = 1000) -> list[Path]:
@@ -175,7 +188,8 @@ class ShardIndex:
         when `with_audio` (default: as `with_frames`)."""
         e = self.entries[i]
         where = f"{self.paths[e.shard]} record {e.meta.get('id')}"
-        frames = [decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}")
+        key = str(e.meta.get("id"))
+        frames = [decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}", frame_member(key, k))
                   for k, (off, n) in enumerate(e.frames)] if with_frames else []
         audio = None
         if e.audio is not None and (with_frames if with_audio is None else with_audio):
@@ -199,7 +213,8 @@ class ShardIndex:
             try:
                 sizes.append(Image.open(io.BytesIO(head)).size)
             except Exception:  # a header longer than the prefix: read the whole frame
-                sizes.append(decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}").size)
+                frame = self._frame(e.shard, off, n, f"{where} frame {k}")
+                sizes.append(decode_image(frame, f"{where} frame {k}", frame_member(str(e.meta.get("id")), k)).size)
         return sizes
 
     def _frame(self, shard: int, offset: int, size: int, where: str) -> bytes:
@@ -369,7 +384,8 @@ def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0
             missing = [k for k in range(n) if f"f{k}.jpg" not in sample]
             if missing:
                 raise ValueError(f"{where}: frames {missing} missing, expected f0..f{n - 1}")
-            frames = [decode_image(sample[f"f{k}.jpg"], f"{where} frame {k}") for k in range(n)]
+            frames = [decode_image(sample[f"f{k}.jpg"], f"{where} frame {k}", frame_member(sample["__key__"], k))
+                      for k in range(n)]
             audio = None
             if isinstance(meta, dict) and has_audio(meta):
                 if AUDIO_KEY not in sample:
