@@ -457,3 +457,18 @@ def test_modality_ablation_puts_the_sets_of_one_checkpoint_side_by_side(tmp_path
     assert "One modality set tested" not in section
     check_page(write_report(other))
     assert "One modality set tested" in (other / "report.html").read_text()
+
+
+def test_the_run_table_names_the_checkpoint_read_and_written(tmp_path: Path) -> None:
+    fit_dir = make_run(tmp_path / "lightning_logs" / "version_0", predictions=None)
+    (fit_dir / "checkpoints").mkdir()
+    (fit_dir / "checkpoints" / "epoch=1-step=9.ckpt").write_bytes(b"x")
+    last = fit_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    text = write_report(fit_dir).read_text()
+    assert f"wrote {last} (newest of 2)" in text and "<td>checkpoint</td><td>–</td>" not in text
+    test_dir = tmp_path / "lightning_logs" / "version_1"
+    test_dir.mkdir()
+    (test_dir / "config.yaml").write_text(yaml.safe_dump({"ckpt_path": str(last)}))
+    assert f"read {last}" in write_report(test_dir).read_text()
+    assert "none read or written" in write_report(make_run(tmp_path / "bare", predictions=None)).read_text()

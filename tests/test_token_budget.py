@@ -192,3 +192,15 @@ def test_a_grpo_stage_keeps_batch_size_batches_under_a_budget():
     assert c.optimizer_steps()[0] == c.epoch_batches(0) == len(c.batches(0))
     with pytest.raises(RuntimeError, match="GRPO"):
         c.batches(2)
+
+
+def test_the_oversized_warning_is_said_once_per_run():
+    c = Curriculum([STAGES[0], Stage(name="reasoning", ratios={"mer": 3, "ecpe": 3}, budget="remaining", epochs=3)], seed=5)
+    c.bind(RECORDS, budget=TokenBudget(max_tokens=350), lengths=fake_length)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        oversized = [c.batch_stats(e)["oversized"] for _ in range(2) for e in range(c.total_epochs)]
+        c.bind(RECORDS, budget=TokenBudget(max_tokens=350), lengths=fake_length)  # rebound, as each epoch's loader does
+        c.batches(c.total_epochs - 1)
+    assert sum(n > 0 for n in oversized) > 1  # several epochs have oversized draws...
+    assert len([w for w in seen if "longer than max_tokens" in str(w.message)]) == 1  # ...and it is said once

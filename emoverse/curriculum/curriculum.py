@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import bisect
-import warnings
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from emoverse.curriculum._plan import (
     BATCH_ORDER,
@@ -72,6 +72,7 @@ class Curriculum:
         self._lengths: dict[tuple[int, int], int] = {}
         self._batches: dict[tuple[int, int], tuple[list[list[tuple[int, str]]], dict[str, int]]] = {}
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._warned_oversized = False
 
     def __repr__(self) -> str:
         return f"Curriculum(stages={[s.name for s in self.stages]}, seed={self.seed})"
@@ -206,10 +207,13 @@ class Curriculum:
                      "tokens": int(sum(int(lengths[b].sum()) for b in dealt)), "positions": int(positions),
                      "oversized": int(over.sum()), "longest": int(lengths.max(initial=0)),
                      "split": len(dealt) - repeated - len(planned), "repeated": repeated}
-            if stats["oversized"]:
-                warnings.warn(f"Curriculum: stage {self.stages[stage].name!r} epoch {stage_epoch}: {stats['oversized']} "
-                              f"of {length} draws are longer than max_tokens={self.budget.max_tokens} (longest "
-                              f"{stats['longest']} tokens); each trains in a batch of its own", stacklevel=3)
+            if stats["oversized"] and not self._warned_oversized:
+                # once per run, not once per epoch and rank: the count is in `batch_stats(epoch)["oversized"]`
+                self._warned_oversized = True
+                rank_zero_warn(f"Curriculum: stage {self.stages[stage].name!r} epoch {stage_epoch}: {stats['oversized']} "
+                               f"of {length} draws are longer than max_tokens={self.budget.max_tokens} (longest "
+                               f"{stats['longest']} tokens); each trains in a batch of its own (said once; later "
+                               "epochs' counts are in Curriculum.batch_stats)", stacklevel=3)
             self._batches[key] = batches, stats
         return self._batches[key]
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from emoverse.report import analysis, plots
 from emoverse.report.modalities import modality_sets
 from emoverse.report.paper import HEADLINE_LABELS, TABLE4_EMOVERSE_4B
-from emoverse.report.run import Run, load_run
+from emoverse.report.run import Run, checkpoint_line, load_run
 from emoverse.report.stages import StageView, stage_views
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _summary(page: _Page, run: Run, training: Run | None, stages: list[StageView
         ("data", str(data.get("path", "–")) + (" (demo AMT)" if data.get("demo") else "")),
         ("stages", ", ".join(f"{s.name} ({s.epochs or '?'} epochs)" for s in stages) or "–"),
         ("steps logged", f"{int(max(steps))}" if steps else "–"),
-        ("checkpoint", str(run.config.get("ckpt_path") or "–")),
+        ("checkpoint", checkpoint_line(run)),
         ("predictions", f"{run.predictions_file} ({len(run.predictions)} rows)" if run.predictions_file else "–"),
     ]
     if training is not None and training is not run:
