@@ -296,3 +296,52 @@ def test_family_fits_exports_and_reloads_through_the_cli(name: str, demo_amt, tm
     reloaded = HFVisionLanguageBackbone(str(tmp_path / "out"),
                                         images_kwargs=create_backbone(name).processor.images_kwargs).eval()
     assert len(reloaded.generate(AMTCollator(reloaded.processor, "generate")(examples((1,))), [4])) == 1
+
+
+def test_decoder_blocks_are_found_under_a_causal_lm_wrapper() -> None:
+    """Llama 4's language model is a `Llama4ForCausalLM` whose blocks sit under `.model` (issue 24)."""
+    import transformers as tf
+
+    from emoverse.backbones.base import decoder_blocks
+
+    config = tf.Llama4TextConfig(vocab_size=64, hidden_size=32, intermediate_size=32, intermediate_size_mlp=64,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                 num_local_experts=2, interleave_moe_layer_step=1, moe_layers=[0, 1])
+    lm = tf.Llama4ForCausalLM(config)
+    path, blocks = decoder_blocks(lm)
+    assert path == "model.layers" and blocks is lm.model.layers
+    default, every = lora_candidates(lm)
+    assert "model.layers.0.self_attn.q_proj" in default and "model.layers.1.self_attn.o_proj" in default
+    assert not [p for p in every if p.endswith(".router")]
+    assert not [p for p in default if ".experts." in p]
+    assert decoder_blocks(lm.model)[0] == "layers"  # the base model, as before
+
+
+def test_a_tiny_llama4_vlm_takes_default_lora_targets() -> None:
+    """`Llama4ForConditionalGeneration` used to stop: "Llama4ForCausalLM has no ModuleList of decoder blocks"."""
+    import transformers as tf
+
+    from emoverse.backbones.hf_vlm import HFVisionLanguageBackbone
+    from emoverse.backbones.tiny import tiny_tokenizer
+    from emoverse.backbones.tiny_hf import chat_template
+
+    markers = ("<|image_start|>", "<|image|>", "<|patch|>", "<|image_end|>", "<|tile_x_separator|>", "<|tile_y_separator|>")
+    tok = tiny_tokenizer(extra_tokens=markers, named_tokens={"boi_token": "<|image_start|>", "eoi_token": "<|image_end|>",
+                                                             "image_token": "<|image|>"})
+    text = tf.Llama4TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=32, intermediate_size_mlp=64,
+                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                               num_local_experts=2, interleave_moe_layer_step=1, moe_layers=[0, 1])
+    vision = tf.Llama4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=32, patch_size=16, vision_output_dim=32, projector_input_dim=32,
+                                   projector_output_dim=32, pixel_shuffle_ratio=0.5)
+    config = tf.Llama4Config(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                             image_token_index=tok.convert_tokens_to_ids("<|patch|>"))
+    processor = tf.Llama4Processor(image_processor=tf.Llama4ImageProcessor(size={"height": 32, "width": 32}, max_patches=1),
+                                   tokenizer=tok, patch_size=16, pixel_shuffle_ratio=0.5,
+                                   chat_template=chat_template("<|image|>"))
+    bb = HFVisionLanguageBackbone(tf.Llama4ForConditionalGeneration(config), processor)
+    bb.add_lora(8, 32, 0.0)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in bb.core.named_modules() if n.endswith("lora_A")}
+    assert "language_model.model.layers.0.self_attn.q_proj" in adapted
+    assert all(n.startswith("language_model.model.layers.") for n in adapted)
+    assert not [n for n in adapted if n.endswith(".router") or ".experts." in n]

@@ -271,16 +271,22 @@ def _plain_linear(module: nn.Module) -> bool:
 
 
 def decoder_blocks(language_model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The language model's stack of decoder blocks: its `ModuleList` child (the one holding the most weights).
+    """The language model's stack of decoder blocks: of its outermost `ModuleList`s, found at any depth (a
+    `*ForCausalLM` such as Llama 4's holds its blocks under `.model`), the one holding the most weights.
+
+    Returns:
+        `(path relative to language_model, the ModuleList)`, e.g. `("layers", ...)` or `("model.layers", ...)`.
 
     Raises:
-        ValueError: the language model has no `ModuleList` child.
+        ValueError: the language model holds no `ModuleList`.
     """
-    lists = [(n, m) for n, m in language_model.named_children() if isinstance(m, nn.ModuleList)]
-    if not lists:
+    lists = {n: m for n, m in language_model.named_modules() if n and isinstance(m, nn.ModuleList)}
+    # lists inside another list (a block's MoE experts) are part of a block, not the stack
+    outermost = [(n, m) for n, m in lists.items() if not any(n.startswith(f"{other}.") for other in lists)]
+    if not outermost:
         raise ValueError(f"{type(language_model).__name__} has no ModuleList of decoder blocks; pass lora_targets "
                          "(the last names of the linear layers to adapt)")
-    return max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return max(outermost, key=lambda item: sum(p.numel() for p in item[1].parameters()))
 
 
 def lora_candidates(language_model: nn.Module) -> tuple[list[str], list[str]]:
@@ -306,5 +312,8 @@ def lora_candidates(language_model: nn.Module) -> tuple[list[str], list[str]]:
                 structural.append(f"{stack}.{i}.{name}")
     config = getattr(language_model, "config", None)
     plan = getattr(config, "base_model_tp_plan", None) or {}
-    declared = [p for p in every if any(re.fullmatch(re.escape(k).replace(r"\*", r"\d+"), p) for k in plan)]
+    # the plan's paths are relative to the base model (`layers.*.self_attn.q_proj`); a *ForCausalLM holds it
+    # under a prefix (`model.`)
+    declared = [p for p in every
+                if any(re.fullmatch(r"(?:[\w.]+\.)?" + re.escape(k).replace(r"\*", r"\d+"), p) for k in plan)]
     return (declared or structural), every
