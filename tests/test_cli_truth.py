@@ -181,11 +181,11 @@ def test_a_ddp_run_leaves_one_version_folder(small_demo: Path, tmp_path: Path) -
 # help ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["--help"], ["score", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["report", "--help"], ["collect", "--help"]])
 def test_help_imports_no_torch(args: list[str]) -> None:
     code = ("import sys\nfrom emoverse.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'transformers', 'timm', 'peft'})\n"
-            "print('HEAVY', heavy if sys.argv[1] == '--help' else [m for m in heavy if m in ('lightning', 'timm', 'peft')])")
+            "print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'lightning', 'transformers', 'timm', 'peft', 'matplotlib'}))")
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
