@@ -101,9 +101,10 @@ def names_of(message: str) -> set[str]:
 
 
 def one_line(err: BaseException, stop: tuple[type[BaseException], ...] = ()) -> str:
-    """One line for an error: the outermost message in its `__cause__` chain that names something (`names_of`)
-    the messages below it do not (a wrapper that only repeats its cause's message names nothing of its own);
-    the innermost message when none does. An exception of a `stop` type ends the walk (it is the message).
+    """One line for an error: the outermost message in its `__cause__` chain whose first line names something
+    (`names_of`) the messages below it do not (a wrapper that only repeats its cause's message, or dumps the
+    value it was given on later lines, names nothing of its own); the innermost message when none does. An
+    exception of a `stop` type ends the walk (it is the message).
 
     The type is shown for exceptions that are not ValueError, KeyError, TypeError or FileNotFoundError (the
     ones whose messages say what was expected), and for any when the message is empty.
@@ -114,10 +115,11 @@ def one_line(err: BaseException, stop: tuple[type[BaseException], ...] = ()) -> 
     texts = [_text(e) for e in chain]
     below: set[str] = set()
     owned = []
-    for text in reversed(texts):  # innermost first: what each adds to the names below it
-        names = names_of(text)
-        owned.append(bool(names - below))
-        below |= names
+    for link in reversed(chain):  # innermost first: what each adds to the names below it
+        # the first line is the exception's own statement; a wrapper's later lines quote its cause or dump the
+        # value it was given (jsonargparse's "Given value: {...}"), which names nothing of its own
+        owned.append(bool(names_of(_first_line(link)) - below))
+        below |= names_of(_message(link))
     owned.reverse()
     pick = next((i for i, own in enumerate(owned) if own), len(chain) - 1)
     chosen, text = chain[pick], texts[pick]
@@ -125,11 +127,20 @@ def one_line(err: BaseException, stop: tuple[type[BaseException], ...] = ()) -> 
     return text if plain and text else f"{type(chosen).__name__}: {text}"
 
 
-def _text(err: BaseException) -> str:
-    """The exception's message on one line (a KeyError without its repr quotes; a DataLoader worker's
-    re-raised error as its original last traceback line)."""
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in _message(err).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _message(err: BaseException) -> str:
     message = str(err.args[0]) if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
     if _WORKER_TRACEBACK in message:
         lines = [line for line in message.splitlines() if line.strip()]
         message = lines[-1] if lines else message
-    return " ".join(message.split())
+    return message
+
+
+def _text(err: BaseException) -> str:
+    """The exception's message on one line (a KeyError without its repr quotes; a DataLoader worker's
+    re-raised error as its original last traceback line)."""
+    return " ".join(_message(err).split())

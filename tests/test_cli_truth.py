@@ -191,3 +191,11 @@ def test_help_imports_no_torch(args: list[str]) -> None:
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout, done.stdout[-2000:]
     assert "usage" in done.stdout.lower()
+
+
+def test_a_wrapper_dumping_its_given_value_does_not_win() -> None:
+    inner = KeyError("unknown backbone 'tinyy'; registered backbones: ['tiny']")
+    outer = ValueError("Does not validate against any of the Union subtypes\nErrors:\n  - unknown backbone 'tinyy'\n"
+                       "Given value: {'backbone': 'tinyy', 'predictions_path': 'runs/x/preds.jsonl'}")
+    outer.__cause__ = inner
+    assert one_line(outer) == "unknown backbone 'tinyy'; registered backbones: ['tiny']"
