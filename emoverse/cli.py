@@ -42,7 +42,7 @@ def cli_kwargs() -> dict[str, Any]:
 
 TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments", "report": "emoverse.report.cli",
                          "amt": "emoverse.amt.cli", "export": "emoverse.export",
-                         "smoke": "emoverse.smoke"}
+                         "smoke": "emoverse.smoke", "analyze": "emoverse.analyze_cli", "demo": "emoverse.demo_page"}
 """Subcommands that are plain tools, not Trainer runs: name -> module with `main(argv) -> int`."""
 
 
