@@ -23,7 +23,6 @@ from emoverse.data.audio import SAMPLE_RATE
 from emoverse.data.demo_clip import FPS, demo_clip_frames, write_demo_clip
 from emoverse.export import export_merged
 from emoverse.face_peak import face_peak
-from emoverse.tasks.ecpe import ECPEAnswer
 from tests.test_audio import write_clip
 
 TASKS = ["msa", "mer", "fer", "eri", "ecpe"]
