@@ -261,3 +261,24 @@ def test_demo_clips_are_deterministic(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="emotion='happy'"):
         write_demo_clip(tmp_path / "c.mp4", "happy")
     assert random.Random(0).random() == random.Random(0).random()
+
+
+def test_command_errors_are_one_line_through_the_emoverse_command(work: Path, tmp_path: Path, capsys) -> None:
+    from emoverse.cli import main as emoverse
+
+    clip, ckpt = str(work / "joy.mp4"), str(work / "tiny.ckpt")
+    cases = {
+        ("--text", "Hi."): "emoverse analyze: give exactly one of --ckpt_path (a .ckpt written by emoverse fit) and "
+                           "--model (a folder written by emoverse export)",
+        ("--ckpt_path", ckpt, "--text", "Hi.", "--openface", "a.csv", "b.csv"):
+            "emoverse analyze: --openface: 2 CSVs for 1 clips; expected one per clip, in the clips' order",
+        ("--ckpt_path", str(tmp_path / "nope.ckpt"), "--text", "Hi."):
+            f"emoverse analyze: {tmp_path / 'nope.ckpt'}: no such file; expected a .ckpt written by emoverse fit",
+        ("--ckpt_path", ckpt, "--asr", str(tmp_path / "no-asr")): f"emoverse analyze: --asr {tmp_path / 'no-asr'}: "
+                                                                   "cannot load an automatic-speech-recognition model",
+        ("--ckpt_path", ckpt, "--text", "Hi.", "--tasks", "vqa"): "emoverse analyze: analyze: tasks=['vqa']; expected",
+    }
+    for args, first_line in cases.items():
+        assert emoverse(["analyze", clip, *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(first_line) and "Traceback" not in err, err

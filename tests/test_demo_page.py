@@ -16,7 +16,7 @@ import pytest
 
 from emoverse.analyze import load_module
 from emoverse.data.demo_clip import FPS, demo_clip_frames, write_demo_clip
-from tests.test_analyze import fit_briefly
+from tests.test_analyze import fit_briefly, tiny_whisper
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -57,6 +57,21 @@ def test_the_page_answers_every_task_and_marks_the_peak_frame(work: Path) -> Non
     with pytest.raises(ValueError, match="no utterance"):
         app.analyze(str(work / "joy.mp4"), " ")
     build_page(app, [str(work / "joy.mp4")])  # builds without a server
+
+
+def test_the_page_transcribes_when_no_utterance_is_typed(work: Path, tmp_path: Path) -> None:
+    pytest.importorskip("gradio", reason="the demo extra (pip install 'emoverse[demo]') is not installed")
+    from emoverse.asr import Transcriber
+    from emoverse.demo_page import DemoApp, build_page
+
+    asr = Transcriber(str(tiny_whisper(tmp_path / "whisper")))
+    app = DemoApp(load_module(work / "tiny.ckpt"), ["msa"], asr)
+    heard = app.transcribe(str(work / "joy.mp4"))
+    status, table, _, _ = app.analyze(str(work / "joy.mp4"), "")
+    assert heard and status.startswith(f"Utterance (transcribed): {heard}\n") and table.count("\n") == 2
+    with pytest.raises(ValueError, match="no clip"):
+        app.transcribe(None)
+    build_page(app)
 
 
 def request_host(url: str) -> str:
