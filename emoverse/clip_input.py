@@ -35,6 +35,7 @@ CLIP_FAULTS: dict[str, str] = {
     "no_audio": "the audio is needed (the backbone hears, or --asr transcribes it) and the clip has no usable track",
     "openface_mismatch": "the OpenFace CSV has another frame count than the clip (a CSV of another clip)",
     "bad_openface": "the OpenFace CSV cannot be read or has no usable row",
+    "no_text": "no transcript was given or heard (emoverse analyze: --text, --transcripts or --asr)",
 }
 """Why a clip is refused (`ClipError.reason`)."""
 
@@ -78,12 +79,14 @@ class ClipInput:
 
 @dataclass
 class ClipInfo:
-    """What the container says: duration (s), video frame count, frame rate, whether an audio stream exists."""
+    """What the container says: duration (s), video frame count, frame rate, whether an audio stream exists, and the
+    frames' width / height (display aspect)."""
 
     duration: float
     frames: int
     fps: float
     has_audio: bool
+    aspect: float = 1.0
 
 
 def probe(path: str | Path) -> ClipInfo:
@@ -114,6 +117,8 @@ def probe(path: str | Path) -> ClipInfo:
                 duration = 0.0
             frames = stream.frames or round(duration * fps)
             has_audio = bool(container.streams.audio)
+            ctx = stream.codec_context
+            aspect = (ctx.width / ctx.height) * float(stream.sample_aspect_ratio or 1) if ctx.width and ctx.height else 1.0
     except ClipError:
         raise
     except (OSError, ValueError) as err:  # PyAV's FFmpegError subclasses these; "Invalid data found ..."
@@ -122,7 +127,7 @@ def probe(path: str | Path) -> ClipInfo:
     if duration > MAX_CLIP_SECONDS:
         raise ClipError("too_long", f"{path}: the clip is {duration:.1f} s long; expected at most {MAX_CLIP_SECONDS:g} s "
                                     "(one utterance: cut longer videos into utterances first)")
-    return ClipInfo(duration, frames, fps, has_audio)
+    return ClipInfo(duration, frames, fps, has_audio, aspect)
 
 
 def openface_peak_time(csv_path: str | Path, clip: str | Path, info: ClipInfo) -> float:
@@ -172,7 +177,7 @@ def read_clip_input(path: str | Path, num_frames: int = 8, size: int = 448, audi
         else:
             from emoverse.face_peak import CASCADE, face_peak
 
-            found = face_peak(path)
+            found = face_peak(path, aspect=info.aspect)
             peak_time, source = found.time, "face"
             if found.time is None:
                 source = "middle"

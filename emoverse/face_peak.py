@@ -79,17 +79,25 @@ def largest_face(grey: np.ndarray, cascade: object | None = None) -> tuple[int, 
     return int(x), int(y), int(w), int(h)
 
 
-def face_peak(path: str | Path, candidates: int = CANDIDATES) -> FacePeak:
+def face_peak(path: str | Path, candidates: int = CANDIDATES, aspect: float = 1.0) -> FacePeak:
     """Choose a clip's peak frame from its faces (see the module docstring).
+
+    Args:
+        path: the video file.
+        candidates: frames looked at, spread uniformly over the clip.
+        aspect: the video's width / height. `read_clip` gives square frames (the model's input); a cascade
+            trained on upright faces misses faces squeezed to 56 % of their width (a 16:9 video), so each
+            frame is stretched back to the video's shape before detection.
 
     Raises:
         MediaError: the clip cannot be decoded (from `read_clip`).
     """
     clip = read_clip(path, num_frames=candidates, size=DETECT_SIZE)
+    shape = (round(DETECT_SIZE * aspect), DETECT_SIZE) if aspect >= 1 else (DETECT_SIZE, round(DETECT_SIZE / aspect))
     cascade = _cascade()
     crops, times = [], []
     for jpeg, t in zip(clip.frames, clip.times, strict=True):
-        grey = np.asarray(Image.open(io.BytesIO(jpeg)).convert("L"))
+        grey = np.asarray(Image.open(io.BytesIO(jpeg)).convert("L").resize(shape, Image.BILINEAR))
         box = largest_face(grey, cascade)
         if box is None:
             continue

@@ -248,6 +248,12 @@ def test_face_peak_finds_the_expression_and_no_face_in_flat_frames(work: Path) -
         _, peak = demo_clip_frames(emotion, seed)
         found = face_peak(write_demo_clip(work / f"peak-{emotion}.mp4", emotion, seed, audio=False))
         assert found.with_face >= 12 and found.time == pytest.approx(peak / FPS, abs=0.06), (emotion, found)
+    # a 16:9 video: read_clip squeezes its frames square; stretched back, the faces are found (squeezed, anger's
+    # face was found in 4 of 16 frames and disgust's peak was missed)
+    for emotion, seed in (("anger", 0), ("disgust", 1)):
+        _, peak = demo_clip_frames(emotion, seed)
+        wide = read_clip_input(write_demo_clip(work / f"wide-{emotion}.mp4", emotion, seed, audio=False, width=228))
+        assert wide.peak_source == "face" and wide.times[wide.peak_frame] == pytest.approx(peak / FPS, abs=0.06)
     blank = face_peak(work / "blank.mp4")
     assert blank.time is None and blank.with_face == 0 and blank.candidates > 1
 

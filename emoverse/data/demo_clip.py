@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from emoverse.data.demo import VALENCE
 from emoverse.data.demo_voice import demo_voice
@@ -35,7 +36,7 @@ def demo_clip_frames(emotion: str, seed: int = 0, seconds: float = 2.0, size: in
 
 
 def write_demo_clip(path: str | Path, emotion: str = "joy", seed: int = 0, seconds: float = 2.0, size: int = 128,
-                    audio: bool = True) -> Path:
+                    audio: bool = True, width: int | None = None) -> Path:
     """Write an mp4 of `demo_clip_frames` and (unless `audio` is False) a voice for `emotion`.
 
     Args:
@@ -45,15 +46,23 @@ def write_demo_clip(path: str | Path, emotion: str = "joy", seed: int = 0, secon
         seconds: the clip's length.
         size: frame side in pixels.
         audio: add the AAC voice track.
+        width: frame width (even; default `size`): wider frames put the face in the middle of a background band.
     """
     if emotion not in EMOTIONS:
         raise ValueError(f"write_demo_clip: emotion={emotion!r}; expected one of {EMOTIONS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames, _ = demo_clip_frames(emotion, seed, seconds, size)
+    if width is not None and width != size:
+        wide = []
+        for image in frames:
+            band = Image.new("RGB", (width, size), image.getpixel((0, 0)))
+            band.paste(image, ((width - size) // 2, 0))
+            wide.append(band)
+        frames = wide
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=FPS, options={"crf": "18", "preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = size, size, "yuv420p"
+        video.width, video.height, video.pix_fmt = width or size, size, "yuv420p"
         track = out.add_stream("aac", rate=16000, layout="mono") if audio else None
         for image in frames:
             for packet in video.encode(av.VideoFrame.from_image(image)):
