@@ -235,11 +235,11 @@ def test_module_analyze_takes_a_clip_path_or_frames_with_audio(work: Path, monke
 def test_an_export_folder_answers_like_its_checkpoint(work: Path, tmp_path: Path, capsys) -> None:
     export_merged(load_module(work / "tiny.ckpt"), tmp_path / "export")
     config = tmp_path / "config.yaml"
-    config.write_text("model:\n  init_args:\n    tasks: [msa, fer]\n")
+    config.write_text("model:\n  init_args:\n    tasks: [msa, mer]\n")
     args = [work / "joy.mp4", "--text", "I got the job."]
-    _, from_ckpt, _ = run(capsys, *args, "--ckpt_path", work / "tiny.ckpt", "--tasks", "msa", "fer")
+    _, from_ckpt, _ = run(capsys, *args, "--ckpt_path", work / "tiny.ckpt", "--tasks", "msa", "mer")
     _, from_export, _ = run(capsys, *args, "--model", tmp_path / "export", "--config", config)
-    assert list(from_export[0]["answers"]) == ["msa", "fer"]
+    assert list(from_export[0]["answers"]) == ["msa", "mer"]
     assert from_export[0]["generations"] == from_ckpt[0]["generations"]
 
 
