@@ -137,6 +137,19 @@ def answer_utterances(backbone: Backbone, tasks: Mapping[str, Task], inputs: Seq
     return [{t: answers[t] for t in names} for answers in out]
 
 
+def check_prompts(backbone: Backbone, tasks: Mapping[str, Task], u: UtteranceInput, names: Sequence[str],
+                  num_frames: int = 4) -> None:
+    """Build `u`'s prompts for `names` without generating, so one input whose prompt cannot be built (longer than
+    the context, frames the processor refuses) is reported alone instead of stopping a batch.
+
+    Raises:
+        ValueError: from `make_example`, naming the task.
+    """
+    record = _record(u, u.emotion or ("neutral" if "ecpe" in names else None))
+    for name in check_names(tasks, names):
+        make_example(record, tasks[name], backbone.processor, num_frames, seed=0, label=False)
+
+
 def _generate(backbone: Backbone, tasks: Mapping[str, Task], pairs: list[tuple[str, AMTRecord]], num_frames: int,
               batch_size: int) -> list[dict[str, Any]]:
     """Generate and parse (task, record) pairs in batches, in eval mode (restored afterwards)."""

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     context = read_context(args.context) if args.context else []
     import torch
 
-    from emoverse.analyze import UtteranceInput, answer_utterances, check_names, context_turns, hears, load_module
+    from emoverse.analyze import UtteranceInput, answer_utterances, check_names, check_prompts, context_turns, hears, load_module
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     module = load_module(args.ckpt_path, args.model, args.config, map_location=device)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         transcriber = Transcriber(args.asr, device=device)
 
     lines: list[dict[str, Any] | None] = [None] * len(args.clips)
-    ready: list[tuple[int, ClipInput, str, str]] = []
+    ready: list[tuple[int, ClipInput, str, str, UtteranceInput]] = []
     for k, clip in enumerate(args.clips):
         try:
             text, text_from = (args.text, "text") if args.text else (transcript_for(clip, transcripts), "transcripts")
@@ -154,14 +154,19 @@ def main(argv: list[str] | None = None) -> int:
                 text, text_from = transcriber(decoded.audio), "asr"
                 if not text:
                     raise ClipError("no_text", f"{clip}: --asr {args.asr} heard no words; expected speech, or pass --text")
-            ready.append((k, decoded, text, text_from))
+            u = UtteranceInput(text=text, frames=decoded.frames, audio=decoded.audio if listens else None,
+                               peak_frame=decoded.peak_frame, speaker=args.speaker, context=turns)
+            try:
+                check_prompts(module.backbone, module.tasks, u, names, args.num_frames)
+            except ValueError as err:
+                raise ClipError("prompt", f"{clip}: {err}") from None
+            ready.append((k, decoded, text, text_from, u))
         except ValueError as err:  # ClipError and the OpenFace / audio checks: this clip only
             lines[k] = error_line(clip, err)
 
-    inputs = [UtteranceInput(text=text, frames=d.frames, audio=d.audio if listens else None, peak_frame=d.peak_frame,
-                             speaker=args.speaker, context=turns) for _, d, text, _ in ready]
+    inputs = [u for *_, u in ready]
     answers = answer_utterances(module.backbone, module.tasks, inputs, names, args.num_frames, args.batch_size)
-    for (k, decoded, text, text_from), got in zip(ready, answers, strict=True):
+    for (k, decoded, text, text_from, _), got in zip(ready, answers, strict=True):
         lines[k] = clip_line(args.clips[k], decoded, text, text_from, got)
 
     out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115 - closed below

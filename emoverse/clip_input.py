@@ -36,6 +36,7 @@ CLIP_FAULTS: dict[str, str] = {
     "openface_mismatch": "the OpenFace CSV has another frame count than the clip (a CSV of another clip)",
     "bad_openface": "the OpenFace CSV cannot be read or has no usable row",
     "no_text": "no transcript was given or heard (emoverse analyze: --text, --transcripts or --asr)",
+    "prompt": "a task's prompt cannot be built (e.g. longer than the model's context with this transcript)",
 }
 """Why a clip is refused (`ClipError.reason`)."""
 

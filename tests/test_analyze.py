@@ -288,3 +288,12 @@ def test_command_errors_are_one_line_through_the_emoverse_command(work: Path, tm
         assert emoverse(["analyze", clip, *args]) == 1
         err = capsys.readouterr().err
         assert err.startswith(first_line) and "Traceback" not in err, err
+
+
+def test_a_transcript_too_long_for_the_context_refuses_only_its_clip(work: Path, tmp_path: Path, capsys) -> None:
+    transcripts = tmp_path / "t.json"
+    transcripts.write_text(json.dumps({"joy.mp4": "I got the job. " * 2000, "sad.mp4": "I miss her."}))
+    code, lines, _ = run(capsys, work / "joy.mp4", work / "sad.mp4", "--ckpt_path", work / "tiny.ckpt",
+                         "--transcripts", transcripts, "--tasks", "msa")
+    assert code == 1 and lines[0]["reason"] == "prompt" and "does not fit the context" in lines[0]["error"]
+    assert lines[0]["error"].startswith(f"{work / 'joy.mp4'}: ") and list(lines[1]["answers"]) == ["msa"]
