@@ -12,10 +12,14 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emoverse.clip_input import MAX_CLIP_SECONDS, ClipError, ClipInput, read_clip_input
+
+if TYPE_CHECKING:
+    from emoverse.analyze import UtteranceInput
 
 
 def read_transcripts(path: str | Path) -> dict[str, str]:
@@ -87,6 +91,29 @@ def error_line(clip: str, err: Exception) -> dict[str, Any]:
     return {"clip": clip, "error": str(err), "reason": getattr(err, "reason", "bad_input")}
 
 
+def prepare_clip(clip: str, args: argparse.Namespace, transcripts: dict[str, str],
+                 transcriber: Callable[[Any], str] | None, listens: bool,
+                 openface: str | None) -> tuple[ClipInput, str, str]:
+    """Decode one clip and find its utterance: (decoded clip, text, where the text came from).
+
+    Raises:
+        ClipError: the clip is bad input (`CLIP_FAULTS`), or has no transcript.
+    """
+    text, text_from = (args.text, "text") if args.text else (transcript_for(clip, transcripts), "transcripts")
+    if text is not None and not text.strip():
+        raise ClipError("no_text", f"{clip}: empty transcript in {args.transcripts}; expected the utterance")
+    if text is None and transcriber is None:
+        where = f"not in {args.transcripts}" if args.transcripts else "no transcript"
+        raise ClipError("no_text", f"{clip}: {where}; expected --text, a --transcripts entry or --asr MODEL")
+    why = "the backbone hears" if listens else ("--asr transcribes it" if text is None else None)
+    decoded = read_clip_input(clip, args.clip_frames, args.frame_size, audio_for=why, openface=openface)
+    if text is None:
+        text, text_from = transcriber(decoded.audio), "asr"
+        if not text:
+            raise ClipError("no_text", f"{clip}: --asr {args.asr} heard no words; expected speech, or pass --text")
+    return decoded, text, text_from
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emoverse analyze", description=__doc__.splitlines()[0])
     p.add_argument("clips", nargs="+", help=f"video files (each at most {MAX_CLIP_SECONDS:g} s: one utterance)")
@@ -141,19 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ready: list[tuple[int, ClipInput, str, str, UtteranceInput]] = []
     for k, clip in enumerate(args.clips):
         try:
-            text, text_from = (args.text, "text") if args.text else (transcript_for(clip, transcripts), "transcripts")
-            if text is not None and not text.strip():
-                raise ClipError("no_text", f"{clip}: empty transcript in {args.transcripts}; expected the utterance")
-            if text is None and transcriber is None:
-                where = f"not in {args.transcripts}" if args.transcripts else "no transcript"
-                raise ClipError("no_text", f"{clip}: {where}; expected --text, a --transcripts entry or --asr MODEL")
-            why = "the backbone hears" if listens else ("--asr transcribes it" if text is None else None)
-            decoded = read_clip_input(clip, args.clip_frames, args.frame_size, audio_for=why,
-                                      openface=args.openface[k] if args.openface else None)
-            if text is None:
-                text, text_from = transcriber(decoded.audio), "asr"
-                if not text:
-                    raise ClipError("no_text", f"{clip}: --asr {args.asr} heard no words; expected speech, or pass --text")
+            decoded, text, text_from = prepare_clip(clip, args, transcripts, transcriber, listens,
+                                                    args.openface[k] if args.openface else None)
             u = UtteranceInput(text=text, frames=decoded.frames, audio=decoded.audio if listens else None,
                                peak_frame=decoded.peak_frame, speaker=args.speaker, context=turns)
             try:
