@@ -18,6 +18,8 @@ from emoverse.analyze import load_module
 from emoverse.data.demo_clip import FPS, demo_clip_frames, write_demo_clip
 from tests.test_analyze import fit_briefly, tiny_whisper
 
+pytest.importorskip("gradio", reason="the demo extra (pip install 'emoverse[demo]') is not installed")
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,7 +42,6 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_page_answers_every_task_and_marks_the_peak_frame(work: Path) -> None:
-    pytest.importorskip("gradio", reason="the demo extra (pip install 'emoverse[demo]') is not installed")
     from emoverse.demo_page import DemoApp, build_page, shown_frames
 
     module = load_module(work / "tiny.ckpt")
@@ -60,7 +61,6 @@ def test_the_page_answers_every_task_and_marks_the_peak_frame(work: Path) -> Non
 
 
 def test_the_page_transcribes_when_no_utterance_is_typed(work: Path, tmp_path: Path) -> None:
-    pytest.importorskip("gradio", reason="the demo extra (pip install 'emoverse[demo]') is not installed")
     from emoverse.asr import Transcriber
     from emoverse.demo_page import DemoApp, build_page
 
@@ -90,7 +90,6 @@ def free_port() -> int:
 
 @pytest.mark.browser
 def test_chromium_uploads_a_clip_and_reads_the_answers(work: Path, tmp_path: Path) -> None:
-    pytest.importorskip("gradio", reason="the demo extra (pip install 'emoverse[demo]') is not installed")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright's Python package is not installed")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
