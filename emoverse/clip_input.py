@@ -114,8 +114,10 @@ def probe(path: str | Path) -> ClipInfo:
                 duration = float(stream.duration * stream.time_base)
             elif container.duration:
                 duration = container.duration / 1_000_000
-            else:
-                duration = 0.0
+            else:  # no duration in the header (a browser's MediaRecorder webm): the last packet's time
+                ends = [float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                        for packet in container.demux(stream) if packet.pts is not None and packet.time_base]
+                duration = max(ends, default=0.0)
             frames = stream.frames or round(duration * fps)
             has_audio = bool(container.streams.audio)
             ctx = stream.codec_context

@@ -297,3 +297,28 @@ def test_a_transcript_too_long_for_the_context_refuses_only_its_clip(work: Path,
                          "--transcripts", transcripts, "--tasks", "msa")
     assert code == 1 and lines[0]["reason"] == "prompt" and "does not fit the context" in lines[0]["error"]
     assert lines[0]["error"].startswith(f"{work / 'joy.mp4'}: ") and list(lines[1]["answers"]) == ["msa"]
+
+
+def write_live_webm(path: Path, frames: int, fps: int) -> Path:
+    """A webm without a duration in its header, as a browser's MediaRecorder writes (the demo page's webcam)."""
+    import av
+
+    with av.open(str(path), "w", format="webm", options={"live": "1"}) as out:
+        video = out.add_stream("libvpx", rate=fps)
+        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
+        for k in range(frames):
+            image = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 8 * k % 256, np.uint8), format="rgb24")
+            for packet in video.encode(image):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    return path
+
+
+def test_a_recording_without_a_duration_is_measured_and_capped(tmp_path: Path) -> None:
+    from emoverse.clip_input import probe
+
+    info = probe(write_live_webm(tmp_path / "short.webm", frames=16, fps=5))
+    assert info.duration == pytest.approx(3.2) and info.frames == 16
+    with pytest.raises(ClipError, match=r"long\.webm: the clip is 33\.0 s long; expected at most 30 s"):
+        probe(write_live_webm(tmp_path / "long.webm", frames=33, fps=1))
