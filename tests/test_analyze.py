@@ -322,3 +322,17 @@ def test_a_recording_without_a_duration_is_measured_and_capped(tmp_path: Path) -
     assert info.duration == pytest.approx(3.2) and info.frames == 16
     with pytest.raises(ClipError, match=r"long\.webm: the clip is 33\.0 s long; expected at most 30 s"):
         probe(write_live_webm(tmp_path / "long.webm", frames=33, fps=1))
+
+
+@pytest.mark.slow
+def test_the_quickstart_configs_checkpoint_answers_a_demo_clip(demo_amt: Path, work: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    """`emoverse fit --config examples/configs/quickstart.yaml` for a few steps (curriculum, packing, callbacks),
+    then its last.ckpt through `emoverse analyze`."""
+    from tests.test_cli import QUICKSTART, _fit
+
+    run_dir = _fit(QUICKSTART, demo_amt, tmp_path, "--trainer.max_steps", "4")
+    capsys.readouterr()
+    code, lines, _ = run(capsys, work / "joy.mp4", "--ckpt_path", run_dir / "checkpoints" / "last.ckpt",
+                         "--text", "I got the job.")
+    assert code == 0 and list(lines[0]["answers"]) == TASKS
