@@ -20,7 +20,7 @@ from emoverse.cli_checks import UserError, one_line
 
 TOOLS: dict[str, str] = {"score": "emoverse.scoring", "collect": "emoverse.experiments", "report": "emoverse.report.cli",
                          "amt": "emoverse.amt.cli", "export": "emoverse.export",
-                         "smoke": "emoverse.smoke"}
+                         "smoke": "emoverse.smoke", "analyze": "emoverse.analyze_cli", "demo": "emoverse.demo_page"}
 """Subcommands that are plain tools, not Trainer runs: name -> module with `main(argv) -> int`."""
 
 

@@ -271,10 +271,10 @@ class EmoVerseModule(pl.LightningModule):
         return [evaluation.prediction_row(r) for r in evaluation.answer(self.backbone, batch, self.tasks)]
 
     @torch.no_grad()
-    def analyze(self, frames: Sequence[Image.Image], text: str, tasks: Collection[str] | None = None, *,
-                speaker: str | None = None, context: Sequence[Utterance | Mapping[str, Any]] = (),
+    def analyze(self, frames: str | Path | Sequence[Image.Image], text: str, tasks: Collection[str] | None = None, *,
+                audio: Any = None, speaker: str | None = None, context: Sequence[Utterance | Mapping[str, Any]] = (),
                 turn: int | None = None, emotion: str | None = None, num_frames: int = 4,
-                peak_frame: int | None = None) -> dict[str, Any]:
+                peak_frame: int | None = None, openface: str | Path | None = None) -> dict[str, Any]:
         """Answer each task about one clip: `{task: parsed answer}`, `None` where unreadable.
 
         msa gives a sentiment score (float), mer an emotion label, fer and eri text, ecpe an
@@ -282,8 +282,11 @@ class EmoVerseModule(pl.LightningModule):
         answered in one batched generation.
 
         Args:
-            frames: the clip's PIL images in time order (video tasks see up to `num_frames` of them).
+            frames: the clip's PIL images in time order (video tasks see up to `num_frames` of them), or
+                a video file, decoded as `emoverse analyze` does (`emoverse.clip_input`: frames, audio when a
+                task hears, the peak frame from `openface` or the faces).
             text: the utterance.
+            audio: the clip's 16 kHz mono float32 waveform, for tasks that hear (default: a video file's track).
             tasks: task names (default: all of this module's tasks).
             speaker: who says `text` (shown in the ecpe conversation).
             context: ecpe only: the earlier turns of the dialogue, as `Utterance`s or dicts
@@ -294,10 +297,13 @@ class EmoVerseModule(pl.LightningModule):
                 (ecpe is `None` if that answer is unreadable).
             num_frames: frames sampled uniformly for video tasks (use the datamodule's `num_frames`).
             peak_frame: index of the most expressive frame, shown to fer (default: the middle one).
+            openface: a video file's OpenFace CSV, whose peak frame fer describes.
         """
-        return evaluation.analyze(self.backbone, self.tasks, frames, text, list(tasks or self.tasks), speaker=speaker,
-                                  context=context, turn=turn, emotion=emotion, num_frames=num_frames,
-                                  peak_frame=peak_frame)
+        from emoverse.analyze import analyze
+
+        return analyze(self.backbone, self.tasks, frames, text, list(tasks or self.tasks), audio=audio, speaker=speaker,
+                       context=context, turn=turn, emotion=emotion, num_frames=num_frames, peak_frame=peak_frame,
+                       openface=openface)
 
     # optimisation and checkpoints ------------------------------------------------------------
 
