@@ -57,13 +57,18 @@ def _summary(module: str) -> str:
 
 
 def _source_file(module: str) -> Path | None:
-    """The .py file of `module` when it lies under a package on `sys.path` (found by path, not by import)."""
-    parts = module.split(".")
-    for entry in sys.path:
-        base = Path(entry or ".").joinpath(*parts)
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return candidate
+    """The .py file of `module` (a module of this package), found by path, not by import.
+
+    Looked up beside this file rather than on `sys.path`: an editable install puts the package on a
+    meta-path finder, not on `sys.path`.
+    """
+    package, *parts = module.split(".")
+    if package != __name__.split(".")[0]:
+        return None
+    base = Path(__file__).resolve().parent.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
     return None
 
 
