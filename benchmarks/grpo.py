@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
+from emoverse.grpo import grpo_step
 
 from emoverse import AMTDataModule, EmoVerseModule, Stage, make_demo_amt
 from emoverse.backbones.base import Sampling
 from emoverse.curriculum import Curriculum
 from emoverse.data.collator import AMTCollator
 from emoverse.evaluation import move_to
-from emoverse.grpo import grpo_step
 
 
 def timed(fn, steps: int, device: str) -> float:

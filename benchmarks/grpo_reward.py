@@ -15,12 +15,12 @@ import statistics
 
 import lightning.pytorch as pl
 import torch
+from emoverse.grpo import cut_answers
 
 from emoverse import AMTDataModule, EmoVerseModule, Stage
 from emoverse.backbones.base import Sampling
 from emoverse.curriculum import Curriculum, MultiStageCurriculum
 from emoverse.evaluation import answer, move_to
-from emoverse.grpo import cut_answers
 
 
 def val_reward(module: EmoVerseModule, data: AMTDataModule, tasks: list[str]) -> dict[str, float]:

@@ -55,7 +55,7 @@ def test_example_length_is_the_encoded_row_length(demo_amt: Path, name: str) -> 
     ds = AMTDataset(ShardIndex(demo_amt, "train"), TASKS, processor, num_frames=4)
     pairs = [p for t in TASKS for p in ds.pairs([t])[:3]]
     batch = AMTCollator(processor, "train")([ds[p] for p in pairs])
-    assert [ds.example_length(*p) for p in pairs] == batch["inputs"]["attention_mask"].sum(1).tolist()
+    assert [ds.example_length(*p) for p in pairs] == batch.inputs["attention_mask"].sum(1).tolist()
 
 
 def _loss_and_grads(backbone, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -267,7 +267,7 @@ def test_a_backbone_that_cannot_pack_says_so_and_trains_on_token_budget_batches(
         data.setup("fit")
     assert data.budget is not None and not data.budget.packing
     batch = next(iter(data.train_dataloader()))
-    assert "packed_lengths" not in batch and batch["inputs"]["input_ids"].numel() <= 2048 or len(batch["ids"]) == 1
+    assert batch.packed_lengths is None and batch.inputs["input_ids"].numel() <= 2048 or len(batch.ids) == 1
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -282,15 +282,15 @@ def test_the_train_loader_delivers_the_curriculum_batches(demo_amt: Path, packin
     assert len(loader) == c.epoch_batches(0)
     planned = c.batches(0)
     for k, batch in zip(range(6), loader):
-        assert list(zip(batch["ids"], batch["tasks"])) == [(data.datasets["train"].index.entries[i].meta["id"], t)
+        assert list(zip(batch.ids, batch.tasks)) == [(data.datasets["train"].index.entries[i].meta["id"], t)
                                                            for i, t in planned[k]]
-        ids = batch["inputs"]["input_ids"]
+        ids = batch.inputs["input_ids"]
         if packing:
-            assert ids.shape[0] == 1 and (ids.shape[1] <= 1500 or len(batch["tasks"]) == 1)
+            assert ids.shape[0] == 1 and (ids.shape[1] <= 1500 or len(batch.tasks) == 1)
         else:
-            assert ids.numel() <= 1500 or len(batch["tasks"]) == 1
+            assert ids.numel() <= 1500 or len(batch.tasks) == 1
         out = module(batch)
-        assert out["sample_loss_sum"].shape == (len(batch["tasks"]),) and torch.isfinite(out["loss"])
+        assert out["sample_loss_sum"].shape == (len(batch.tasks),) and torch.isfinite(out["loss"])
     stats = c.batch_stats(0)
     assert stats["draws"] == c.plans[0].length and stats["positions"] >= stats["tokens"]
 
@@ -321,7 +321,7 @@ def test_the_quickstart_batches_carry_at_most_ten_percent_padding(demo_amt: Path
     planned = curriculum.batches(0)[0]
     lengths = [data.datasets["train"].example_length(*p) for p in planned]
     rows = (1, sum(lengths)) if options.get("packing") else (len(planned), max(lengths))
-    assert batch["inputs"]["input_ids"].shape == rows
+    assert batch.inputs["input_ids"].shape == rows
 
 
 def test_frame_sizes_come_from_the_image_headers(tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ class BackboneProcessor(ABC):
         inputs = self.encode(texts, [[] if v else list(imgs) for imgs, v in zip(images, videos)], **media)
         labels = None
         if responses is not None:
-            inputs, labels = self._append_responses(inputs, [self.tokenize(r) + self.end_ids for r in responses])
+            inputs, labels = self.append_responses(inputs, [self.tokenize(r) + self.end_ids for r in responses])
         if inputs["input_ids"].shape[1] > self.max_length:
             lengths = inputs["attention_mask"].sum(1).tolist()
             worst = max(range(len(lengths)), key=lengths.__getitem__)
@@ -388,7 +388,7 @@ class BackboneProcessor(ABC):
     generation_rule: type = GenerationMixin
     """The class whose `_update_model_kwargs_for_generation` says how generation extends per-token inputs."""
 
-    def _append_responses(self, inputs: dict[str, torch.Tensor], responses: list[list[int]]
+    def append_responses(self, inputs: dict[str, torch.Tensor], responses: list[list[int]]
                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Left-padded prompts + responses → right-padded rows `[prompt; response]` and their labels.
 
