@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from emoverse.backbones import create_backbone
+from emoverse.data.batches import GenerationBatch
 from emoverse.data.collator import IGNORE_INDEX, AMTCollator
 from emoverse.data.dataset import make_example
 from emoverse.data.record import AMTLabels, AMTRecord, Utterance
@@ -56,7 +57,7 @@ def test_generate_mode_pads_left_and_stops_at_the_assistant_header(processor) ->
     batch = AMTCollator(processor, "generate")([_example("short", "Joy."), _example("a rather longer query here", "Joy.")])
     mask = batch.inputs["attention_mask"]
     assert mask[0, 0] == 0 and mask[1, 0] == 1 and mask[:, -1].all()
-    assert batch.labels is None
+    assert isinstance(batch, GenerationBatch) and not hasattr(batch, "labels")  # prompts only
     assert tok.decode(batch.inputs["input_ids"][0, -3:].tolist()).endswith("<|assistant|>\n")
 
 

@@ -16,6 +16,7 @@ from emoverse import AMTDataModule, EmoVerseModule
 from emoverse.backbones import create_backbone
 from emoverse.backbones.base import IGNORE_INDEX
 from emoverse.backbones.packing import layout_bound, rope_index_path
+from emoverse.data.batches import TrainBatch
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset
 from emoverse.data.shards import ShardIndex
@@ -92,19 +93,19 @@ def test_a_packed_batch_equals_the_padded_batch_in_loss_and_gradients(demo_amt: 
     _assert_packed_equals_padded(backbone, padded, packed)
 
 
-def _assert_packed_equals_padded(backbone, padded: dict, packed: dict) -> None:
-    lengths = padded["inputs"]["attention_mask"].sum(1)
-    assert packed["packed_lengths"].tolist() == lengths.tolist()
-    assert packed["inputs"]["input_ids"].shape == (1, int(lengths.sum())) and "attention_mask" not in packed["inputs"]
-    assert packed["inputs"]["position_ids"][0, : int(lengths[0]) + 1].tolist() == [*range(int(lengths[0])), 0]
+def _assert_packed_equals_padded(backbone, padded: TrainBatch, packed: TrainBatch) -> None:
+    lengths = padded.inputs["attention_mask"].sum(1)
+    assert packed.packed_lengths.tolist() == lengths.tolist()
+    assert packed.inputs["input_ids"].shape == (1, int(lengths.sum())) and "attention_mask" not in packed.inputs
+    assert packed.inputs["position_ids"][0, : int(lengths[0]) + 1].tolist() == [*range(int(lengths[0])), 0]
     starts = torch.cumsum(lengths, 0)[:-1]
-    assert (packed["labels"][0, starts] == IGNORE_INDEX).all()  # no example learns the next one's first token
-    mask = padded["inputs"]["attention_mask"].bool()
-    for key, value in padded["inputs"].items():  # per-token inputs travel as the rows' stretches, media as they are
+    assert (packed.labels[0, starts] == IGNORE_INDEX).all()  # no example learns the next one's first token
+    mask = padded.inputs["attention_mask"].bool()
+    for key, value in padded.inputs.items():  # per-token inputs travel as the rows' stretches, media as they are
         if key in ("input_ids", "attention_mask"):
             continue
         per_token = key not in backbone.processor.media_inputs and value.dim() >= 2 and value.shape[:2] == mask.shape
-        assert torch.equal(packed["inputs"][key], value[mask].unsqueeze(0) if per_token else value), key
+        assert torch.equal(packed.inputs[key], value[mask].unsqueeze(0) if per_token else value), key
     want, want_grads = _loss_and_grads(backbone, padded)
     got, got_grads = _loss_and_grads(backbone, packed)
     assert torch.equal(got["sample_tokens"], want["sample_tokens"])
@@ -125,7 +126,7 @@ def mixed_examples() -> list[dict]:
             for i, (n, (w, h), extra) in enumerate(spec)]
 
 
-def _positions(backbone, batch: dict) -> torch.Tensor:
+def _positions(backbone, batch: TrainBatch) -> torch.Tensor:
     """The `position_ids` the model hands its language model in `backbone.loss(batch)` (its own, or those given)."""
     seen = []
     hook = backbone.part("language_model").register_forward_pre_hook(
@@ -145,7 +146,7 @@ def test_packed_mrope_positions_are_each_examples_own(name: str) -> None:
     examples = mixed_examples()
     packed = AMTCollator(proc, "train", pack=True)(examples)
     given = _positions(backbone, packed)
-    lengths = packed["packed_lengths"].tolist()
+    lengths = packed.packed_lengths.tolist()
     assert given.shape == (4, 1, sum(lengths))
     start = 0
     for example, n in zip(examples, lengths):
@@ -227,8 +228,8 @@ def test_a_packing_collator_is_picklable_and_packs_the_same() -> None:
     examples = mixed_examples()
     first = collator(examples)
     again = pickle.loads(pickle.dumps(collator))(examples)  # as a data worker gets it
-    assert first["inputs"].keys() == again["inputs"].keys()
-    assert all(torch.equal(first["inputs"][k], again["inputs"][k]) for k in first["inputs"])
+    assert first.inputs.keys() == again.inputs.keys()
+    assert all(torch.equal(first.inputs[k], again.inputs[k]) for k in first.inputs)
 
 
 def test_attention_does_not_cross_examples_in_a_packed_row(demo_amt: Path) -> None:

@@ -186,9 +186,15 @@ class Preference(Objective):
         log_preference(module, batch, out)
         return out["loss"]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference": self._reference.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._reference.load_state_dict(state.get("reference", {}))
+
     def step(self, backbone: Backbone, batch: GroupBatch, tasks: Mapping[str, Task],
              reference: Any = None) -> dict[str, Any]:
-        """Sample G answers per prompt, rank them by reward into pairs, and score the pairs with DPO.
+        """Sample G answers per prompt, rank them by reward into pairs (`make_pairs`), score the pairs (`score`).
 
         Args:
             reference: a callable giving a context in which the backbone is the reference policy (default:
@@ -197,35 +203,50 @@ class Preference(Objective):
         Returns:
             `dpo_loss`'s values, `pairs` (`Pair` per prompt) and `samples` (`Samples`, per row).
         """
+        pairs, answers, samples = self.make_pairs(backbone, batch, tasks)
+        return {**self.score(backbone, batch, pairs, answers, reference), "pairs": pairs, "samples": samples}
+
+    def make_pairs(self, backbone: Backbone, batch: GroupBatch, tasks: Mapping[str, Task]
+                   ) -> tuple[list[Pair], list[list[int]], Samples]:
+        """Sample and reward G answers per prompt and pair the best (or the gold answer) with the worst.
+
+        Returns:
+            the `Pair` of each prompt, the answer tokens each row of `batch` is scored with (a group's first row
+            its chosen answer, its second the rejected one, the others none: a group's rows share one prompt, so
+            any backbone's inputs stay as collated), and the `Samples`.
+        """
         if batch.group_size != self.group_size:
             raise ValueError(f"batch has groups of {batch.group_size} answers but Preference.group_size is "
                              f"{self.group_size}")
         samples = sample_answers(backbone, batch, tasks, Sampling(self.temperature, self.top_p), self.max_new_tokens)
-        g = self.group_size
-        firsts = range(0, len(batch), g)
-        gold_tokens, gold_rewards = None, None
+        firsts = range(0, len(batch), self.group_size)
+        gold_tokens, gold_rewards = [], None
         if self.gold_chosen:
             proc = backbone.processor
             gold_tokens = [proc.tokenize(batch.responses[k]) + proc.end_ids for k in firsts]
             gold_rewards = [tasks[batch.tasks[k]].reward(batch.responses[k], batch.records[k]) for k in firsts]
-        pairs = preference_pairs(samples.rewards, g, gold_rewards)
-        # each group's first row carries its chosen answer and its second the rejected one (a group's rows share
-        # one prompt, so any backbone's inputs stay as collated); its other rows carry no answer
+        pairs = preference_pairs(samples.rewards, self.group_size, gold_rewards)
         answers: list[list[int]] = [[] for _ in range(len(batch))]
         for p, (k, pair) in enumerate(zip(firsts, pairs, strict=True)):
             answers[k] = gold_tokens[p] if pair.chosen == GOLD else samples.answers[pair.chosen]
             answers[k + 1] = samples.answers[pair.rejected]
+        return pairs, answers, samples
+
+    def score(self, backbone: Backbone, batch: GroupBatch, pairs: Sequence[Pair], answers: list[list[int]],
+              reference: Any = None) -> dict[str, Tensor]:
+        """`dpo_loss` of the pairs, from the log-probabilities of `answers` (laid out by `make_pairs`) under the
+        policy (with gradient) and the reference (first, so nothing the policy's backward needs is touched)."""
         inputs, labels = answer_inputs(backbone, batch.inputs, answers)
         with no_dropout(backbone):
             as_reference = reference() if reference is not None else reference_policy(backbone)
-            with torch.no_grad(), as_reference:  # first: nothing the policy's backward needs is touched yet
+            with torch.no_grad(), as_reference:
                 ref_logp, _ = token_logprobs(backbone, inputs, labels)
             logp, _ = token_logprobs(backbone, inputs, labels)
         seq, ref_seq = logp.sum(1), ref_logp.sum(1)  # masked positions hold 0
-        chosen, rejected = list(firsts), [k + 1 for k in firsts]
+        chosen = list(range(0, len(batch), self.group_size))
+        rejected = [k + 1 for k in chosen]
         valid = torch.tensor([p.valid for p in pairs], device=seq.device)
-        out = dpo_loss(seq[chosen], seq[rejected], ref_seq[chosen], ref_seq[rejected], self.beta, valid)
-        return {**out, "pairs": pairs, "samples": samples}
+        return dpo_loss(seq[chosen], seq[rejected], ref_seq[chosen], ref_seq[rejected], self.beta, valid)
 
 
 def log_preference(module: LightningModule, batch: GroupBatch, out: Mapping[str, Any]) -> None:
