@@ -119,7 +119,7 @@ def test_batched_generation_equals_one_at_a_time(name: str) -> None:
 def test_prompt_length_is_exact_with_audio(name: str) -> None:
     proc = create_backbone(name).processor
     exs = audio_examples(name, (0.5, 1.0, None, 2.6), video=True)  # 2.6 s: past the tiny extractors' 2 s window
-    got = collate(proc, exs, "generate")["inputs"]["attention_mask"].sum(1).tolist()
+    got = collate(proc, exs, "generate").inputs["attention_mask"].sum(1).tolist()
     assert [proc.prompt_length(e["query"], e["images"], audio=e["audio"], as_video=e["as_video"]) for e in exs] == got
 
 
@@ -177,7 +177,7 @@ def test_hf_audio_family_loads_back_from_a_saved_folder(name: str, tmp_path: Pat
     assert loaded.processor.modalities == saved.processor.modalities
     exs = audio_examples(name, video=True)
     batch = collate(saved.processor, exs)
-    assert torch.equal(collate(loaded.processor, exs)["inputs"]["input_ids"], batch.inputs["input_ids"])
+    assert torch.equal(collate(loaded.processor, exs).inputs["input_ids"], batch.inputs["input_ids"])
     saved.eval(), loaded.eval()
     assert torch.allclose(saved.loss(batch)["loss"], loaded.loss(batch)["loss"])
 
@@ -192,13 +192,13 @@ def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path: Path)
     nudge_trained(module, 0.05)
     module.eval()
     exs = audio_examples(name, (0.5, 1.0), video=True)
-    before = module.backbone.generate_ids(collate(module.processor, exs, "generate")["inputs"], 5)
+    before = module.backbone.generate_ids(collate(module.processor, exs, "generate").inputs, 5)
     export_merged(module, tmp_path)
     reloaded: Backbone = (load_composed(tmp_path) if isinstance(module.backbone, ComposedBackbone)
                           else HFVisionLanguageBackbone(str(tmp_path)))
     reloaded.eval()
     assert reloaded.processor.stop_ids == module.backbone.processor.stop_ids
-    assert torch.equal(reloaded.generate_ids(collate(reloaded.processor, exs, "generate")["inputs"], 5), before)
+    assert torch.equal(reloaded.generate_ids(collate(reloaded.processor, exs, "generate").inputs, 5), before)
 
 
 def test_hubert_beside_the_vision_encoder() -> None:
@@ -223,7 +223,7 @@ def test_feature_tensors_are_never_taken_for_per_token_inputs() -> None:
     exs = audio_examples("tiny_qwen2_audio", (1.0, 1.0))
     short = proc.prompt_length("Which emotion?", [], audio=exs[0]["audio"])
     exs[0]["query"] = "Which emotion?" + " so" * (frames - short)  # " so" is one token: the prompt is `frames` wide
-    assert collate(proc, exs, "generate")["inputs"]["input_ids"].shape[1] == frames
+    assert collate(proc, exs, "generate").inputs["input_ids"].shape[1] == frames
     batch = collate(proc, exs)
     assert batch.inputs["feature_attention_mask"].shape == (2, frames)  # left as the processor gave it
     assert {"input_features", "feature_attention_mask"} <= proc.media_inputs

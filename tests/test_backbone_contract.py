@@ -61,7 +61,7 @@ def test_the_trained_stop_is_an_end_of_turn_token(name: str) -> None:
     stop = proc.end_ids[-1]
     special = {i for i, t in proc.tokenizer.added_tokens_decoder.items() if t.special}
     assert stop in proc.stop_ids and stop in special, proc.tokenizer.convert_ids_to_tokens(proc.end_ids)
-    labels = AMTCollator(proc, "train")(examples((1,)))["labels"][0]
+    labels = AMTCollator(proc, "train")(examples((1,))).labels[0]
     assert labels[labels != -100][-1] == stop
 
 
@@ -136,9 +136,9 @@ def test_paligemma_processor_labels_are_dropped_and_the_answer_is_causal_suffix(
 def test_paligemma_training_marks_the_answer_as_generation_does() -> None:
     bb = with_lora("tiny_paligemma").eval()
     ex = examples((1,))
-    prompt = AMTCollator(bb.processor, "generate")(ex)["inputs"]
+    prompt = AMTCollator(bb.processor, "generate")(ex).inputs
     new = bb.generate_ids(prompt, 3)  # generation gives each new token token_type_ids 1
-    trained = AMTCollator(bb.processor, "train")([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}])["inputs"]
+    trained = AMTCollator(bb.processor, "train")([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}]).inputs
     n = prompt["input_ids"].shape[1]
     assert trained["token_type_ids"][0, n:n + 3].tolist() == [1, 1, 1]
 
@@ -271,7 +271,7 @@ def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path) -> No
     export_merged(module, tmp_path)
     reloaded = HFVisionLanguageBackbone(str(tmp_path), images_kwargs=images_kwargs).eval()
     assert reloaded.processor.stop_ids == module.backbone.processor.stop_ids
-    assert torch.equal(reloaded.generate_ids(AMTCollator(reloaded.processor, "generate")(examples((1, 2)))["inputs"], 5), before)
+    assert torch.equal(reloaded.generate_ids(AMTCollator(reloaded.processor, "generate")(examples((1, 2))).inputs, 5), before)
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def test_batched_generation_equals_one_at_a_time(name: str) -> None:
 def test_prompt_length_is_exact(name: str) -> None:
     bb = create_backbone(name)
     exs = examples((1, 2))
-    got = AMTCollator(bb.processor, "generate")(exs)["inputs"]["attention_mask"].sum(1).tolist()
+    got = AMTCollator(bb.processor, "generate")(exs).inputs["attention_mask"].sum(1).tolist()
     assert [bb.processor.prompt_length(e["query"], e["images"]) for e in exs] == got
 
 
@@ -156,7 +156,7 @@ def test_hf_family_loads_back_from_a_saved_folder(name: str, tmp_path: Path) -> 
     assert loaded.core.training, "from_pretrained returns eval mode; training needs train mode (dropout)"
     assert loaded.part_paths() == saved.part_paths()
     batch = AMTCollator(saved.processor, "train")(examples())
-    assert torch.equal(AMTCollator(loaded.processor, "train")(examples())["inputs"]["input_ids"], batch.inputs["input_ids"])
+    assert torch.equal(AMTCollator(loaded.processor, "train")(examples()).inputs["input_ids"], batch.inputs["input_ids"])
     saved.eval(), loaded.eval()
     assert torch.allclose(saved.loss(batch)["loss"], loaded.loss(batch)["loss"])
 

@@ -45,7 +45,7 @@ class AMTCollator:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> TrainBatch | GenerationBatch:
         train = self.mode == "train"
         try:
-            batch = self.processor([ex["query"] for ex in examples], [ex["images"] for ex in examples],
+            encoded = self.processor([ex["query"] for ex in examples], [ex["images"] for ex in examples],
                                    [ex["response"] for ex in examples] if train else None, self.system_prompt,
                                    **batch_media(examples))
         except PromptTooLong as err:
@@ -56,11 +56,12 @@ class AMTCollator:
         tasks, ids = [ex["task"] for ex in examples], [ex["id"] for ex in examples]
         truncated = sum(bool(ex.get("truncated")) for ex in examples)
         if not train:
-            return GenerationBatch(batch["inputs"], tasks, ids, [ex["query"] for ex in examples],
+            return GenerationBatch(encoded["inputs"], tasks, ids, [ex["query"] for ex in examples],
                                    [ex["record"] for ex in examples], truncated, [ex["response"] for ex in examples])
-        if self.pack:
-            batch = self.processor.pack(batch)
-        return TrainBatch(batch["inputs"], batch["labels"], tasks, ids, truncated, batch.get("packed_lengths"))
+        if not self.pack:
+            return TrainBatch(encoded["inputs"], encoded["labels"], tasks, ids, truncated)
+        packed = self.processor.pack(encoded)
+        return TrainBatch(packed["inputs"], packed["labels"], tasks, ids, truncated, packed["packed_lengths"])
 
 
 def batch_media(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:

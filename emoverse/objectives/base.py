@@ -10,6 +10,7 @@ name with `@register_objective` for the short YAML form `objective: <name>`) plu
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -107,15 +108,27 @@ def list_objectives() -> list[str]:
     return sorted(_OBJECTIVES)
 
 
-def get_objective(value: Objective | str, where: str = "objective") -> Objective:
-    """An `Objective` from itself or a registered name (built with its default settings).
+def get_objective(value: Objective | str | Mapping[str, Any], where: str = "objective") -> Objective:
+    """An `Objective` from itself, a registered name (built with its default settings) or a mapping
+    `{"class_path": "emoverse.objectives.GRPO", "init_args": {...}}` (a YAML config read as plain data).
 
     Raises:
-        ValueError: an unknown name (listing the registered ones) or another type, naming `where`.
+        ValueError: an unknown name (listing the registered ones), a class path that is not an `Objective`
+            or another type, naming `where`.
     """
     if isinstance(value, Objective):
         return value
     names = list_objectives()
     if isinstance(value, str) and value in _OBJECTIVES:
         return _OBJECTIVES[value]()
+    if isinstance(value, Mapping) and isinstance(value.get("class_path"), str):
+        module, _, name = value["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            cls = None
+        if not (isinstance(cls, type) and issubclass(cls, Objective)):
+            raise ValueError(f"{where}: class_path={value['class_path']!r} is not an importable Objective subclass; "
+                             f"registered: {names}")
+        return cls(**dict(value.get("init_args") or {}))
     raise ValueError(f"{where}={value!r}, expected an Objective (class_path/init_args in YAML) or one of {names}")
