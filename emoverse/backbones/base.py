@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -28,10 +28,13 @@ if TYPE_CHECKING:
     from emoverse.data.batches import GenerationBatch, TrainBatch
 
 __all__ = ["IGNORE_INDEX", "TRAIN_PARTS", "Backbone", "BackboneProcessor", "Part", "PartGroup", "PromptTooLong",
-           "Sampling", "decoder_blocks", "lora_candidates"]
+           "Sampling", "TrainPart", "decoder_blocks", "lora_candidates"]
 
 Part = Literal["vision", "audio", "projector", "language_model"]
-TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision", "audio")
+"""The modules a backbone names by path (`part_paths`)."""
+TrainPart = Literal["projector", "lora", "vision", "audio"]
+"""What trains, as a stage's `train` and `set_trainable` name it: a module part, or "lora" (the adapters)."""
+TRAIN_PARTS: tuple[str, ...] = get_args(TrainPart)
 
 
 @dataclass(frozen=True)

@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal
 
+from emoverse.backbones.base import TRAIN_PARTS, TrainPart
+from emoverse.data.record import SOURCES
 from emoverse.objectives.base import Objective, get_objective
 
-Part = Literal["projector", "lora", "vision", "audio"]
-"""The model parts a stage can train."""
-
-PARTS: tuple[str, ...] = get_args(Part)
-DEFAULT_TASKS: tuple[str, ...] = ("msa", "mer", "fer", "eri", "ecpe")
-"""The paper's five task names; used when the task registry is not importable yet."""
-
 BUDGET_WORDS: tuple[str, ...] = ("remaining", "all")
-SOURCES: tuple[str, ...] = ("mosei", "meld", "ecf", "demo")
-"""The record sources a stage may restrict its pool to (`AMTRecord.source`)."""
+
 
 def known_task_names() -> list[str]:
-    """Task names a stage may use: the registered tasks (after importing `emoverse.tasks`) plus the defaults."""
-    names = set(DEFAULT_TASKS)
-    try:
-        import emoverse.tasks  # noqa: F401  (registers the built-in tasks)
-        from emoverse.tasks.registry import list_tasks
-    except ImportError:  # the task package is not written yet: the defaults stand
-        return sorted(names)
-    names.update(list_tasks())
-    return sorted(names)
+    """Task names a stage may use: the registered tasks (the built-in ones and any a package registered)."""
+    import emoverse.tasks  # noqa: F401  (registers the built-in tasks)
+    from emoverse.tasks.registry import list_tasks
+
+    return list_tasks()
 
 
 @dataclass
@@ -51,7 +41,7 @@ class Stage:
     """Epochs of this stage; stage boundaries follow the trainer's epochs."""
     samples_per_epoch: int | None = None
     """Draws in one epoch of this stage, over all ranks; None = the number of usable pool records."""
-    train: list[Part] = field(default_factory=lambda: ["projector", "lora"])
+    train: list[TrainPart] = field(default_factory=lambda: ["projector", "lora"])
     """Model parts trained in this stage (the others are frozen)."""
     lr: float | None = None
     """Peak learning rate of every parameter group in this stage; None keeps the optimizer's own."""
@@ -93,8 +83,8 @@ class Stage:
         spe = self.samples_per_epoch
         if spe is not None and (isinstance(spe, bool) or not isinstance(spe, int) or spe < 1):
             raise ValueError(f"{where}: samples_per_epoch={spe!r}, expected None or an int >= 1")
-        if not self.train or any(part not in PARTS for part in self.train) or len(set(self.train)) != len(self.train):
-            raise ValueError(f"{where}: train={self.train!r}, expected a non-empty list of distinct parts from {list(PARTS)}")
+        if not self.train or any(part not in TRAIN_PARTS for part in self.train) or len(set(self.train)) != len(self.train):
+            raise ValueError(f"{where}: train={self.train!r}, expected a non-empty list of distinct parts from {list(TRAIN_PARTS)}")
         self.train = list(self.train)
         if self.lr is not None and (not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0):
             raise ValueError(f"{where}: lr={self.lr!r}, expected None or a positive float")

@@ -181,8 +181,12 @@ def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, nu
 
     def pose(context: list[Any]) -> tuple[str, str]:  # (query, response) showing these dialogue turns
         kept = dataclasses.replace(record, context=context)
-        query = task.query(_without_text(kept) if "text" in drop else kept, random.Random(seed_text))
-        return query, task.response(kept) if label else ""  # the answer names only turns the prompt shows
+        if not label:
+            return task.query(_without_text(kept) if "text" in drop else kept, random.Random(seed_text)), ""
+        query, response = task.build(kept, random.Random(seed_text))  # the answer names only turns the prompt shows
+        if "text" in drop:  # the same prompt variant (the same seed), the transcript withheld; the answer stays
+            query = task.query(_without_text(kept), random.Random(seed_text))
+        return query, response
 
     if label:
         task.check_label(record)
