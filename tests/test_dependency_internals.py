@@ -18,7 +18,7 @@ def test_transformers_generation_update_rule_is_still_there():
 
     rule = getattr(GenerationMixin, "_update_model_kwargs_for_generation", None)
     assert callable(rule), "transformers renamed GenerationMixin._update_model_kwargs_for_generation: update " \
-                           "emoverse/backbones/processor.py extend_for_response and the bound in setup.cfg"
+                           "emoverse/backbones/processor_responses.py extend_for_response and the bound in setup.cfg"
     params = inspect.signature(rule).parameters
     assert {"outputs", "model_kwargs", "is_encoder_decoder", "num_new_tokens"} <= set(params), sorted(params)
 
