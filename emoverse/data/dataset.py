@@ -17,7 +17,7 @@ from emoverse.data.record import AMTRecord
 from emoverse.data.shards import ShardIndex
 
 if TYPE_CHECKING:
-    from emoverse.tasks.base import Task
+    from emoverse.tasks.base import FrameChoice, Task
 
 
 _CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr")
@@ -39,9 +39,9 @@ def rgb_frames(images: Sequence[Any], where: str = "") -> list[Image.Image]:
     return out
 
 
-def select_frames(record: AMTRecord, media: str, num_frames: int) -> list[Any]:
-    """The frames a task shows: the peak frame ("peak"; the middle frame when none is marked)
-    or up to `num_frames` frames sampled uniformly in time ("video")."""
+def select_frames(record: AMTRecord, media: FrameChoice, num_frames: int) -> list[Any]:
+    """The frames a task shows (`Task.frames`): the peak frame ("peak"; the middle frame when none is marked)
+    or up to `num_frames` frames sampled uniformly in time ("clip")."""
     frames = record.frames
     if not frames:
         raise ValueError(f"record {record.id}: no frames, but the vision backbone needs at least one")

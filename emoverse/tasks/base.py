@@ -13,6 +13,9 @@ from torchmetrics import Metric
 
 from emoverse.data.record import AMTRecord
 
+FrameChoice = Literal["clip", "peak"]
+"""Which frames a task's prompt shows (`Task.frames`, read by `emoverse.data.dataset.select_frames`)."""
+
 
 class Task(ABC):
     """One affective task. Subclasses set `name` and implement `has_label`, `query`, `response`, `parse`,
@@ -43,7 +46,7 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
-    frames: ClassVar[Literal["clip", "peak"]] = "clip"
+    frames: ClassVar[FrameChoice] = "clip"
     media: tuple[str, ...] = ("frames",)
     max_new_tokens: int = 16
     default_reward_weights: ClassVar[Mapping[str, float]] = {"format": 0.1, "correct": 1.0}
