@@ -163,7 +163,7 @@ def _generate(backbone: Backbone, tasks: Mapping[str, Task], pairs: list[tuple[s
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             examples = [make_example(r, tasks[t], backbone.processor, num_frames, seed=0, label=False) for t, r in chunk]
-            batch = evaluation.move_to(AMTCollator(backbone.processor, "generate")(examples), device)
+            batch = AMTCollator(backbone.processor, "generate")(examples).to(device)
             texts = evaluation.generate(backbone, batch, tasks)
             answers += [{"generation": text, "prediction": tasks[t].parse(text, r)}
                         for (t, r), text in zip(chunk, texts, strict=True)]

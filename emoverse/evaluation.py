@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torchmetrics import Metric
 
 from emoverse.backbones.base import Backbone
+from emoverse.data.batches import GenerationBatch
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import make_example
 from emoverse.data.record import EMOTIONS, AMTLabels, AMTRecord, Utterance
@@ -22,20 +22,20 @@ from emoverse.tasks.base import Task
 SPLITS = ("val", "test")
 
 
-def generate(backbone: Backbone, batch: Mapping[str, Any], tasks: Mapping[str, Task],
+def generate(backbone: Backbone, batch: GenerationBatch, tasks: Mapping[str, Task],
              max_new_tokens: int | None = None) -> list[str]:
     """Greedy, KV-cached, batched answers; each row stops at its own task's budget (or `max_new_tokens`),
     so an answer does not depend on which tasks share its batch."""
-    return backbone.generate(batch, [max_new_tokens or tasks[t].max_new_tokens for t in batch["tasks"]])
+    return backbone.generate(batch, [max_new_tokens or tasks[t].max_new_tokens for t in batch.tasks])
 
 
-def answer(backbone: Backbone, batch: Mapping[str, Any], tasks: Mapping[str, Task],
+def answer(backbone: Backbone, batch: GenerationBatch, tasks: Mapping[str, Task],
            max_new_tokens: int | None = None) -> list[dict[str, Any]]:
     """Rows `{id, task, prompt, generation, prediction, record}`: generated and parsed answers."""
     rows = []
     for i, text in enumerate(generate(backbone, batch, tasks, max_new_tokens)):
-        name, record = batch["tasks"][i], batch["records"][i]
-        rows.append({"id": batch["ids"][i], "task": name, "prompt": batch["queries"][i], "generation": text,
+        name, record = batch.tasks[i], batch.records[i]
+        rows.append({"id": batch.ids[i], "task": name, "prompt": batch.queries[i], "generation": text,
                      "prediction": tasks[name].parse(text, record), "record": record})
     return rows
 
@@ -87,7 +87,7 @@ def _answer(backbone: Backbone, tasks: Mapping[str, Task], record: AMTRecord, na
             num_frames: int) -> dict[str, Any]:
     """Ask every task in `names` in one batch about `record` (eval mode, restored afterwards)."""
     examples = [make_example(record, tasks[name], backbone.processor, num_frames, seed=0, label=False) for name in names]
-    batch = move_to(AMTCollator(backbone.processor, "generate")(examples), next(backbone.parameters()).device)
+    batch = AMTCollator(backbone.processor, "generate")(examples).to(next(backbone.parameters()).device)
     was_training = backbone.training
     backbone.eval()
     try:
@@ -95,11 +95,6 @@ def _answer(backbone: Backbone, tasks: Mapping[str, Task], record: AMTRecord, na
     finally:
         backbone.train(was_training)
     return {name: tasks[name].parse(t, record) for name, t in zip(names, texts, strict=True)}
-
-
-def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch with its model inputs on `device`."""
-    return {**batch, "inputs": {k: v.to(device) for k, v in batch["inputs"].items()}}
 
 
 def _analyze_record(text: str, emotion: str | None, fields: dict[str, Any]) -> AMTRecord:

@@ -23,6 +23,7 @@ from emoverse.cli import print_error
 from emoverse.cli_checks import UserError, check_world_size, config_error_line
 from emoverse.curriculum import Curriculum, MultiStageCurriculum, m2se_stages
 from emoverse.prediction import JSONLPredictionWriter
+from emoverse.run import curriculum_trainer_args
 
 
 def cli_kwargs() -> dict[str, Any]:
@@ -117,12 +118,12 @@ def _derive_epochs(config: Any) -> None:
     if curriculum is None:
         return
     stages = curriculum.init_args.get("stages") or m2se_stages()
-    total = sum(stage.epochs for stage in stages)
     trainer = config.trainer
-    if trainer.get("max_epochs") is None:
-        trainer.max_epochs = total
-    if trainer.get("reload_dataloaders_every_n_epochs") in (None, 0):
-        trainer.reload_dataloaders_every_n_epochs = 1
+    derived = curriculum_trainer_args(sum(stage.epochs for stage in stages), {
+        "max_epochs": trainer.get("max_epochs"),
+        "reload_dataloaders_every_n_epochs": trainer.get("reload_dataloaders_every_n_epochs")})
+    trainer.max_epochs = derived["max_epochs"]
+    trainer.reload_dataloaders_every_n_epochs = derived["reload_dataloaders_every_n_epochs"]
 
 
 def _logger_root(config: Any) -> Path | None:

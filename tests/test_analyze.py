@@ -81,7 +81,7 @@ def test_a_hearing_backbone_gets_the_clips_audio_and_refuses_a_mute_clip(work: P
     real = evaluation.generate
 
     def spy(backbone: Any, batch: dict[str, Any], tasks: Any, max_new_tokens: int | None = None) -> list[str]:
-        seen.append(set(batch["inputs"]))
+        seen.append(set(batch.inputs))
         return real(backbone, batch, tasks, max_new_tokens)
 
     monkeypatch.setattr(evaluation, "generate", spy)
@@ -162,8 +162,8 @@ def test_answers_are_parsed_and_ecpe_asks_about_the_mer_emotion(work: Path, tmp_
     asked: list[list[str]] = []
 
     def generate(backbone: Any, batch: dict[str, Any], tasks: Any, max_new_tokens: int | None = None) -> list[str]:
-        asked.append(list(batch["tasks"]))
-        return [canned[t] for t in batch["tasks"]]
+        asked.append(list(batch.tasks))
+        return [canned[t] for t in batch.tasks]
 
     monkeypatch.setattr(evaluation, "generate", generate)
     context = tmp_path / "context.json"
@@ -222,7 +222,7 @@ def test_module_analyze_takes_a_clip_path_or_frames_with_audio(work: Path, monke
     module = load_module(work / "tiny_audio.ckpt")
     seen: list[set[str]] = []
     monkeypatch.setattr(evaluation, "generate", lambda backbone, batch, tasks, max_new_tokens=None: (
-        seen.append(set(batch["inputs"])) or ["Negative." if t == "msa" else "Sad." for t in batch["tasks"]]))
+        seen.append(set(batch.inputs)) or ["Negative." if t == "msa" else "Sad." for t in batch.tasks]))
     assert module.analyze(work / "sad.mp4", "I miss her.", tasks=["msa", "mer"]) == {"msa": -1.0, "mer": "sadness"}
     frames, _ = demo_clip_frames("sadness")
     wave = np.zeros(SAMPLE_RATE, np.float32) + 0.1

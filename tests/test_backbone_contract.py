@@ -61,7 +61,7 @@ def test_the_trained_stop_is_an_end_of_turn_token(name: str) -> None:
     stop = proc.end_ids[-1]
     special = {i for i, t in proc.tokenizer.added_tokens_decoder.items() if t.special}
     assert stop in proc.stop_ids and stop in special, proc.tokenizer.convert_ids_to_tokens(proc.end_ids)
-    labels = AMTCollator(proc, "train")(examples((1,)))["labels"][0]
+    labels = AMTCollator(proc, "train")(examples((1,))).labels[0]
     assert labels[labels != -100][-1] == stop
 
 
@@ -86,8 +86,8 @@ def test_training_is_causal(name: str) -> None:
     bb = with_lora(name).eval()
     ex = [{**examples((1,))[0], "response": "Positive because the person says great news"}]
     batch = AMTCollator(bb.processor, "train")(ex)
-    inputs = dict(batch["inputs"])
-    last = int((batch["labels"][0] != -100).nonzero().max())
+    inputs = dict(batch.inputs)
+    last = int((batch.labels[0] != -100).nonzero().max())
     width = inputs["input_ids"].shape[1]
     keep = torch.arange(width)
     with torch.no_grad():
@@ -105,8 +105,8 @@ def test_loss_equals_a_full_logit_reference(name: str) -> None:
     batch = AMTCollator(bb.processor, "train")(examples())
     with torch.no_grad():
         got = bb.loss(batch)["loss"]
-        full = bb.core(**bb.cast_inputs(batch["inputs"]), use_cache=False).logits
-    want = nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten())
+        full = bb.core(**bb.cast_inputs(batch.inputs), use_cache=False).logits
+    want = nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten())
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -117,7 +117,7 @@ HF = [n for n in TINY if isinstance(create_backbone(n), HFVisionLanguageBackbone
 def test_only_inputs_forward_takes_reach_it(name: str) -> None:
     bb = create_backbone(name)
     batch = AMTCollator(bb.processor, "train")(examples())
-    assert set(batch["inputs"]) <= bb.processor.input_names and "labels" not in batch["inputs"]
+    assert set(batch.inputs) <= bb.processor.input_names and "labels" not in batch.inputs
 
 
 def test_paligemma_processor_labels_are_dropped_and_the_answer_is_causal_suffix() -> None:
@@ -127,18 +127,18 @@ def test_paligemma_processor_labels_are_dropped_and_the_answer_is_causal_suffix(
     raw = proc.processor(text=[text], images=[[Image.new("RGB", (32, 32))]], return_tensors="pt")
     assert "labels" in raw  # what the processor returns, and forward would compute its own loss on
     batch = AMTCollator(proc, "train")(examples())
-    assert "labels" not in batch["inputs"]
-    answer = batch["labels"] != -100
-    types = batch["inputs"]["token_type_ids"]
-    assert (types[answer] == 1).all() and (types[batch["inputs"]["attention_mask"].bool() & ~answer] == 0).all()
+    assert "labels" not in batch.inputs
+    answer = batch.labels != -100
+    types = batch.inputs["token_type_ids"]
+    assert (types[answer] == 1).all() and (types[batch.inputs["attention_mask"].bool() & ~answer] == 0).all()
 
 
 def test_paligemma_training_marks_the_answer_as_generation_does() -> None:
     bb = with_lora("tiny_paligemma").eval()
     ex = examples((1,))
-    prompt = AMTCollator(bb.processor, "generate")(ex)["inputs"]
+    prompt = AMTCollator(bb.processor, "generate")(ex).inputs
     new = bb.generate_ids(prompt, 3)  # generation gives each new token token_type_ids 1
-    trained = AMTCollator(bb.processor, "train")([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}])["inputs"]
+    trained = AMTCollator(bb.processor, "train")([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}]).inputs
     n = prompt["input_ids"].shape[1]
     assert trained["token_type_ids"][0, n:n + 3].tolist() == [1, 1, 1]
 
@@ -146,10 +146,10 @@ def test_paligemma_training_marks_the_answer_as_generation_does() -> None:
 def test_mllama_cross_attention_mask_covers_the_answer() -> None:
     proc = create_backbone("tiny_mllama").processor
     batch = AMTCollator(proc, "train")(examples((1, 2)))
-    mask, inputs = batch["inputs"]["cross_attention_mask"], batch["inputs"]
+    mask, inputs = batch.inputs["cross_attention_mask"], batch.inputs
     assert mask.shape[:2] == inputs["input_ids"].shape and mask.dim() == 4
     for b in range(2):
-        answer = (batch["labels"][b] != -100).nonzero().squeeze(1)
+        answer = (batch.labels[b] != -100).nonzero().squeeze(1)
         prompt_end = int(answer.min()) - 1
         # each answer token sees the frames the last prompt token sees (Mllama's generation rule)
         assert all(torch.equal(mask[b, t], mask[b, prompt_end]) for t in answer.tolist())
@@ -230,7 +230,7 @@ def test_per_token_input_that_generation_does_not_extend_is_named() -> None:
     inputs = proc.encode(["<|user|>\nq<|end|>\n"], [[]])
     inputs["novel_mask"] = torch.ones_like(inputs["input_ids"])
     with pytest.raises(ValueError, match=r"processor outputs \['novel_mask'\] have one entry per prompt token"):
-        proc._append_responses(inputs, [[5, 6]])
+        proc.append_responses(inputs, [[5, 6]])
 
 
 def test_registry_lists_the_new_families() -> None:
@@ -266,12 +266,12 @@ def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path) -> No
     nudge_trained(module, 0.05)
     module.eval()
     batch = AMTCollator(module.processor, "generate")(examples((1, 2)))
-    before = module.backbone.generate_ids(batch["inputs"], 5)
+    before = module.backbone.generate_ids(batch.inputs, 5)
     images_kwargs = module.backbone.processor.images_kwargs
     export_merged(module, tmp_path)
     reloaded = HFVisionLanguageBackbone(str(tmp_path), images_kwargs=images_kwargs).eval()
     assert reloaded.processor.stop_ids == module.backbone.processor.stop_ids
-    assert torch.equal(reloaded.generate_ids(AMTCollator(reloaded.processor, "generate")(examples((1, 2)))["inputs"], 5), before)
+    assert torch.equal(reloaded.generate_ids(AMTCollator(reloaded.processor, "generate")(examples((1, 2))).inputs, 5), before)
 
 
 @pytest.mark.slow

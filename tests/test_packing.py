@@ -16,6 +16,7 @@ from emoverse import AMTDataModule, EmoVerseModule
 from emoverse.backbones import create_backbone
 from emoverse.backbones.base import IGNORE_INDEX
 from emoverse.backbones.packing import layout_bound, rope_index_path
+from emoverse.data.batches import TrainBatch
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset
 from emoverse.data.shards import ShardIndex
@@ -55,7 +56,7 @@ def test_example_length_is_the_encoded_row_length(demo_amt: Path, name: str) -> 
     ds = AMTDataset(ShardIndex(demo_amt, "train"), TASKS, processor, num_frames=4)
     pairs = [p for t in TASKS for p in ds.pairs([t])[:3]]
     batch = AMTCollator(processor, "train")([ds[p] for p in pairs])
-    assert [ds.example_length(*p) for p in pairs] == batch["inputs"]["attention_mask"].sum(1).tolist()
+    assert [ds.example_length(*p) for p in pairs] == batch.inputs["attention_mask"].sum(1).tolist()
 
 
 def _loss_and_grads(backbone, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -92,19 +93,19 @@ def test_a_packed_batch_equals_the_padded_batch_in_loss_and_gradients(demo_amt: 
     _assert_packed_equals_padded(backbone, padded, packed)
 
 
-def _assert_packed_equals_padded(backbone, padded: dict, packed: dict) -> None:
-    lengths = padded["inputs"]["attention_mask"].sum(1)
-    assert packed["packed_lengths"].tolist() == lengths.tolist()
-    assert packed["inputs"]["input_ids"].shape == (1, int(lengths.sum())) and "attention_mask" not in packed["inputs"]
-    assert packed["inputs"]["position_ids"][0, : int(lengths[0]) + 1].tolist() == [*range(int(lengths[0])), 0]
+def _assert_packed_equals_padded(backbone, padded: TrainBatch, packed: TrainBatch) -> None:
+    lengths = padded.inputs["attention_mask"].sum(1)
+    assert packed.packed_lengths.tolist() == lengths.tolist()
+    assert packed.inputs["input_ids"].shape == (1, int(lengths.sum())) and "attention_mask" not in packed.inputs
+    assert packed.inputs["position_ids"][0, : int(lengths[0]) + 1].tolist() == [*range(int(lengths[0])), 0]
     starts = torch.cumsum(lengths, 0)[:-1]
-    assert (packed["labels"][0, starts] == IGNORE_INDEX).all()  # no example learns the next one's first token
-    mask = padded["inputs"]["attention_mask"].bool()
-    for key, value in padded["inputs"].items():  # per-token inputs travel as the rows' stretches, media as they are
+    assert (packed.labels[0, starts] == IGNORE_INDEX).all()  # no example learns the next one's first token
+    mask = padded.inputs["attention_mask"].bool()
+    for key, value in padded.inputs.items():  # per-token inputs travel as the rows' stretches, media as they are
         if key in ("input_ids", "attention_mask"):
             continue
         per_token = key not in backbone.processor.media_inputs and value.dim() >= 2 and value.shape[:2] == mask.shape
-        assert torch.equal(packed["inputs"][key], value[mask].unsqueeze(0) if per_token else value), key
+        assert torch.equal(packed.inputs[key], value[mask].unsqueeze(0) if per_token else value), key
     want, want_grads = _loss_and_grads(backbone, padded)
     got, got_grads = _loss_and_grads(backbone, packed)
     assert torch.equal(got["sample_tokens"], want["sample_tokens"])
@@ -125,7 +126,7 @@ def mixed_examples() -> list[dict]:
             for i, (n, (w, h), extra) in enumerate(spec)]
 
 
-def _positions(backbone, batch: dict) -> torch.Tensor:
+def _positions(backbone, batch: TrainBatch) -> torch.Tensor:
     """The `position_ids` the model hands its language model in `backbone.loss(batch)` (its own, or those given)."""
     seen = []
     hook = backbone.part("language_model").register_forward_pre_hook(
@@ -145,7 +146,7 @@ def test_packed_mrope_positions_are_each_examples_own(name: str) -> None:
     examples = mixed_examples()
     packed = AMTCollator(proc, "train", pack=True)(examples)
     given = _positions(backbone, packed)
-    lengths = packed["packed_lengths"].tolist()
+    lengths = packed.packed_lengths.tolist()
     assert given.shape == (4, 1, sum(lengths))
     start = 0
     for example, n in zip(examples, lengths):
@@ -227,8 +228,8 @@ def test_a_packing_collator_is_picklable_and_packs_the_same() -> None:
     examples = mixed_examples()
     first = collator(examples)
     again = pickle.loads(pickle.dumps(collator))(examples)  # as a data worker gets it
-    assert first["inputs"].keys() == again["inputs"].keys()
-    assert all(torch.equal(first["inputs"][k], again["inputs"][k]) for k in first["inputs"])
+    assert first.inputs.keys() == again.inputs.keys()
+    assert all(torch.equal(first.inputs[k], again.inputs[k]) for k in first.inputs)
 
 
 def test_attention_does_not_cross_examples_in_a_packed_row(demo_amt: Path) -> None:
@@ -267,7 +268,7 @@ def test_a_backbone_that_cannot_pack_says_so_and_trains_on_token_budget_batches(
         data.setup("fit")
     assert data.budget is not None and not data.budget.packing
     batch = next(iter(data.train_dataloader()))
-    assert "packed_lengths" not in batch and batch["inputs"]["input_ids"].numel() <= 2048 or len(batch["ids"]) == 1
+    assert batch.packed_lengths is None and batch.inputs["input_ids"].numel() <= 2048 or len(batch.ids) == 1
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -282,15 +283,15 @@ def test_the_train_loader_delivers_the_curriculum_batches(demo_amt: Path, packin
     assert len(loader) == c.epoch_batches(0)
     planned = c.batches(0)
     for k, batch in zip(range(6), loader):
-        assert list(zip(batch["ids"], batch["tasks"])) == [(data.datasets["train"].index.entries[i].meta["id"], t)
+        assert list(zip(batch.ids, batch.tasks)) == [(data.datasets["train"].index.entries[i].meta["id"], t)
                                                            for i, t in planned[k]]
-        ids = batch["inputs"]["input_ids"]
+        ids = batch.inputs["input_ids"]
         if packing:
-            assert ids.shape[0] == 1 and (ids.shape[1] <= 1500 or len(batch["tasks"]) == 1)
+            assert ids.shape[0] == 1 and (ids.shape[1] <= 1500 or len(batch.tasks) == 1)
         else:
-            assert ids.numel() <= 1500 or len(batch["tasks"]) == 1
+            assert ids.numel() <= 1500 or len(batch.tasks) == 1
         out = module(batch)
-        assert out["sample_loss_sum"].shape == (len(batch["tasks"]),) and torch.isfinite(out["loss"])
+        assert out["sample_loss_sum"].shape == (len(batch.tasks),) and torch.isfinite(out["loss"])
     stats = c.batch_stats(0)
     assert stats["draws"] == c.plans[0].length and stats["positions"] >= stats["tokens"]
 
@@ -321,7 +322,7 @@ def test_the_quickstart_batches_carry_at_most_ten_percent_padding(demo_amt: Path
     planned = curriculum.batches(0)[0]
     lengths = [data.datasets["train"].example_length(*p) for p in planned]
     rows = (1, sum(lengths)) if options.get("packing") else (len(planned), max(lengths))
-    assert batch["inputs"]["input_ids"].shape == rows
+    assert batch.inputs["input_ids"].shape == rows
 
 
 def test_frame_sizes_come_from_the_image_headers(tmp_path: Path) -> None:

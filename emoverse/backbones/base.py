@@ -17,18 +17,24 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from emoverse.backbones.processor import IGNORE_INDEX, BackboneProcessor, PromptTooLong
 
+if TYPE_CHECKING:
+    from emoverse.data.batches import GenerationBatch, TrainBatch
+
 __all__ = ["IGNORE_INDEX", "TRAIN_PARTS", "Backbone", "BackboneProcessor", "Part", "PartGroup", "PromptTooLong",
-           "Sampling", "decoder_blocks", "lora_candidates"]
+           "Sampling", "TrainPart", "decoder_blocks", "lora_candidates"]
 
 Part = Literal["vision", "audio", "projector", "language_model"]
-TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision", "audio")
+"""The modules a backbone names by path (`part_paths`)."""
+TrainPart = Literal["projector", "lora", "vision", "audio"]
+"""What trains, as a stage's `train` and `set_trainable` name it: a module part, or "lora" (the adapters)."""
+TRAIN_PARTS: tuple[str, ...] = get_args(TrainPart)
 
 
 @dataclass(frozen=True)
@@ -206,15 +212,15 @@ class Backbone(nn.Module, ABC):
 
     # training and generation -----------------------------------------------------------------
 
-    def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         """Response-token cross-entropy: `loss` (mean over the batch's response tokens), and per example
         the summed token loss `sample_loss_sum` over its `sample_tokens` response tokens.
 
         A packed batch (`BackboneProcessor.pack`: one row, `packed_lengths`) gives the same per example."""
-        targets = batch["labels"][:, 1:]
+        targets = batch.labels[:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # positions where some row has a response
-        lengths = batch.get("packed_lengths")
-        inputs = batch["inputs"] if lengths is None else self.packed_inputs(batch["inputs"], lengths)
+        lengths = batch.packed_lengths
+        inputs = batch.inputs if lengths is None else self.packed_inputs(batch.inputs, lengths)
         logits = self.logits(inputs, keep)
         targets = targets[:, keep]
         token_loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
@@ -229,10 +235,10 @@ class Backbone(nn.Module, ABC):
         return {"loss": token_loss.sum() / counts.sum().clamp(min=1), "sample_loss_sum": sums, "sample_tokens": counts}
 
     @torch.no_grad()
-    def generate(self, batch: Mapping[str, Any], budgets: Sequence[int]) -> list[str]:
+    def generate(self, batch: GenerationBatch, budgets: Sequence[int]) -> list[str]:
         """Answer texts, row `i` cut at `budgets[i]` new tokens, so an answer does not depend on which
         other tasks share its batch."""
-        new = self.generate_ids(batch["inputs"], max(budgets))
+        new = self.generate_ids(batch.inputs, max(budgets))
         tok = self.processor.tokenizer
         return [tok.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new, budgets, strict=True)]
 

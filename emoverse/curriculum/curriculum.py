@@ -149,9 +149,10 @@ class Curriculum:
     # token-budget batches ---------------------------------------------------------------------
 
     def token_batches(self, epoch: int) -> bool:
-        """Whether epoch `epoch` is cut into token-budget batches: bound with a budget and a supervised stage
-        (a GRPO stage batches `batch_size` prompts, each sampled `group_size` times)."""
-        return self.budget is not None and self.stages[self.stage_of(epoch)].objective != "grpo"
+        """Whether epoch `epoch` is cut into token-budget batches: bound with a budget and a stage whose objective
+        uses one (`Objective.uses_token_budget`: SFT does; objectives that sample answers batch `batch_size`
+        prompts)."""
+        return self.budget is not None and self.stages[self.stage_of(epoch)].objective.uses_token_budget
 
     def batches(self, epoch: int, rank: int = 0) -> list[list[tuple[int, str]]]:
         """With a token budget: the batches of (record index, task) pairs rank `rank` takes in global epoch `epoch`."""
@@ -187,8 +188,8 @@ class Curriculum:
 
     def _epoch_batches(self, epoch: int) -> tuple[list[list[tuple[int, str]]], dict[str, int]]:
         if not self.token_batches(epoch):
-            raise RuntimeError(f"Curriculum: epoch {epoch} has no token-budget batches (no budget bound, or a GRPO "
-                               "stage); its batches follow `batch_size`")
+            raise RuntimeError(f"Curriculum: epoch {epoch} has no token-budget batches (no budget bound, or its "
+                               "stage's objective uses none); its batches follow `batch_size`")
         stage, stage_epoch = self.stage_of(epoch), self.stage_epoch(epoch)
         key = (stage, stage_epoch)
         if key not in self._batches:

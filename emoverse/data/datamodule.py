@@ -20,7 +20,6 @@ from emoverse.curriculum.stage import Stage
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset, BatchedPairs, check_drop
 from emoverse.data.demo import make_demo_amt
-from emoverse.data.grpo import GroupCollator
 from emoverse.data.shards import OnCorrupt, ShardIndex
 from emoverse.data.streaming import AMTStream
 from emoverse.distributed import RankShardSampler
@@ -174,25 +173,21 @@ class AMTDataModule(pl.LightningDataModule):
         if self.curriculum is None or "train" not in self.datasets:
             raise RuntimeError("AMTDataModule.train_dataloader before setup('fit')")
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        if self.curriculum.token_batches(epoch):  # a GRPO stage keeps batch_size prompts (its group collator)
+        # the stage's objective makes its batches (`Objective.collator`): supervised examples, or prompts to
+        # sample answers for; and says whether they may follow the token budget (`Curriculum.token_batches`)
+        objective = self.curriculum.stages[self.curriculum.stage_of(epoch)].objective
+        if self.curriculum.token_batches(epoch):
             # one item per batch: the sampler yields lists of draws, the dataset lists of examples
             batches = TokenBudgetSampler(self.curriculum, rank=self._ranks()[1], epoch=epoch)
             return StatefulDataLoader(BatchedPairs(self.datasets["train"]), batch_size=None, sampler=batches,
                                       num_workers=self.num_workers,
-                                      collate_fn=AMTCollator(self.processor, "train", self.system_prompt,
-                                                             pack=self.budget.packing))
+                                      collate_fn=objective.collator(self.processor, self.system_prompt,
+                                                                    pack=self.budget.packing))
         sampler = TaskWeightedSampler(self.curriculum, rank=self._ranks()[1], epoch=epoch)
         # rebuilt every epoch (stages differ in length), so worker processes are not kept
         return StatefulDataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler,
-                                  num_workers=self.num_workers, collate_fn=self._train_collator(epoch))
-
-    def _train_collator(self, epoch: int) -> AMTCollator | GroupCollator:
-        """The stage decides the batches: supervised ones (prompt + answer, labels), or for a GRPO stage
-        `batch_size` prompts with their records, each `group_size` times (`GroupCollator`)."""
-        stage = self.curriculum.stages[self.curriculum.stage_of(epoch)]
-        if stage.objective == "grpo":
-            return GroupCollator(self.processor, stage.grpo.group_size, self.system_prompt)
-        return AMTCollator(self.processor, "train", self.system_prompt)
+                                  num_workers=self.num_workers,
+                                  collate_fn=objective.collator(self.processor, self.system_prompt))
 
     def _eval_loader(self, split: str, cap: int | None) -> DataLoader:
         ds = self.datasets[split]

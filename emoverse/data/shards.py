@@ -14,6 +14,7 @@ missing frames or audio, audio that does not decode) is an error by default; `on
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -67,26 +68,50 @@ def frame_member(key: str, k: int) -> str:
 
 
 def write_shards(records: Iterable[AMTRecord], root: str | Path, split: str, maxcount: int = 1000) -> list[Path]:
-    """Write `records` of one split as webdataset shards under `root/split/`; returns the shard paths.
-
-    Frames may be PIL images (encoded as JPEG) or JPEG bytes (written as they are); audio a waveform
-    (encoded as FLAC, `{id}.audio.flac`) or FLAC bytes (written as they are). Every record is checked
-    first as reading will check it (`AMTRecord`'s field checks on its JSON round trip, its split equal
-    to `split`, frames of an 8-bit mode, JPEG bytes and FLAC bytes that decode), so a bad record fails
-    here, named, instead of when training reads it.
+    """Write `records` of one split as webdataset shards `root/split/amt-{split}-NNNNNN.tar` of up to `maxcount`
+    records each (`write_shard`); returns the shard paths.
 
     Raises:
         ValueError: `split` is not a shard split, or a record is invalid (the id and field named).
     """
     if split not in SPLITS:
         raise ValueError(f"write_shards: split={split!r}, expected one of {SPLITS}")
+    if isinstance(maxcount, bool) or not isinstance(maxcount, int) or maxcount < 1:
+        raise ValueError(f"write_shards: maxcount={maxcount!r}, expected an int >= 1")
     out = Path(root) / split
     out.mkdir(parents=True, exist_ok=True)
-    pattern = str(out / f"amt-{split}-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:
-        for rec in records:
-            sink.write(_sample(rec, split))
+    records, paths = iter(records), []
+    while True:
+        chunk = list(itertools.islice(records, maxcount))
+        if paths and not chunk:
+            break
+        paths.append(out / f"amt-{split}-{len(paths):06d}.tar")
+        write_shard(chunk, paths[-1], split)  # an empty split still gets its (empty) first shard
     return sorted(out.glob(f"amt-{split}-*.tar"))
+
+
+def write_shard(records: Iterable[AMTRecord], path: str | Path, split: str) -> None:
+    """Write one shard: per record `{id}.json`, `{id}.f{k}.jpg` and `{id}.audio.flac` when it has audio, in this
+    order, byte-for-byte reproducible (fixed member order, mtime 0, mode 0o444). The one shard writer: the demo
+    data (`write_shards`) and the AMT builder (`emoverse amt build`) both write through it.
+
+    Frames may be PIL images (encoded as JPEG) or JPEG bytes (written as they are); audio a waveform
+    (encoded as FLAC) or FLAC bytes (written as they are). Every record is checked first as reading will
+    check it (`AMTRecord`'s field checks on its JSON round trip, its split equal to `split`, frames of an
+    8-bit mode, JPEG bytes and FLAC bytes that decode), so a bad record fails here, named, instead of when
+    training reads it.
+
+    Raises:
+        ValueError: a record is invalid (the id and field named).
+    """
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for rec in records:
+            sample = _sample(rec, split)
+            key = sample.pop("__key__")
+            for ext, data in sample.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o444
+                tar.addfile(info, io.BytesIO(data))
 
 
 def _sample(rec: AMTRecord, split: str) -> dict[str, Any]:
