@@ -37,7 +37,8 @@ def bound(budget: TokenBudget, num_replicas: int = 1, seed: int = 5) -> Curricul
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_tokens": 0}, "max_tokens=0"), ({"max_tokens": True}, "max_tokens=True"), ({"max_tokens": 2.5}, "max_tokens"),
     ({"max_tokens": 512, "window": 0}, "window=0"), ({"max_tokens": 512, "packing": "yes"}, "packing='yes'"),
-    ({"max_tokens": 512, "lookahead": -1}, r"lookahead=-1; expected an int >= 0"), ({"max_tokens": 512, "lookahead": True}, "lookahead=True"),
+    ({"max_tokens": 512, "lookahead": -1}, r"lookahead=-1; expected an int >= 0"),
+    ({"max_tokens": 512, "lookahead": True}, "lookahead=True"),
 ])
 def test_token_budget_validates_its_fields(kwargs, match):
     with pytest.raises(ValueError, match=match):
