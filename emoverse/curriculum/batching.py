@@ -95,7 +95,7 @@ def pack_rows(lengths: np.ndarray, max_tokens: int, lookahead: int, tasks: np.nd
 
     A row opens at the earliest draw not yet packed and takes the following unpacked draws in order while
     they fit (with `lookahead=0`, that is all: rows of consecutive draws, closed at the first draw that does
-    not fit, which leaves 3-6 % of a quickstart row empty). Then it fills the room left from the unpacked
+    not fit, which leaves 3-6.5 % of a quickstart row empty). Then it fills the room left from the unpacked
     draws among the next `lookahead` positions from that first misfit: each time, among those that fit, one
     of the task furthest below its share of the row (the task's share of the whole epoch, i.e. the stage's
     ratios), the earliest of them; it closes when none fits. Passed-over draws open the following rows, so a
@@ -112,6 +112,7 @@ def pack_rows(lengths: np.ndarray, max_tokens: int, lookahead: int, tasks: np.nd
     Returns:
         The rows in the order they were opened, each an ascending array of positions into `lengths`.
     """
+    lengths = np.asarray(lengths, dtype=np.int64)
     n = len(lengths)
     tasks = np.zeros(n, dtype=np.int64) if tasks is None else np.asarray(tasks, dtype=np.int64)
     share = np.bincount(tasks, minlength=1) / max(n, 1)
