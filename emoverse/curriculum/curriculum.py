@@ -44,7 +44,8 @@ class Curriculum:
 
     Bound with a `TokenBudget` (`AMTDataModule(max_tokens=...)`), an epoch is also cut into batches
     under the budget (`batches`): the whole epoch's draws (unpadded) are grouped by length within
-    windows, the batches shuffled (seeded) and dealt round-robin to the ranks; so every draw of the
+    windows (packed rows: in the epoch's order, with a bounded look-ahead that keeps each row's task
+    mix; `TokenBudget.lookahead`), the batches shuffled (seeded) and dealt round-robin to the ranks; so every draw of the
     epoch is in exactly one batch on one rank, and every rank takes as many batches (the batch
     with the most rows is halved until the count divides; `batch_stats`).
 
@@ -198,7 +199,7 @@ class Curriculum:
             rec, tid = rec[:length], tid[:length]  # the unpadded epoch: batches, not draws, are padded for the ranks
             names = [self.tasks[t] for t in tid.tolist()]
             lengths = self.pair_lengths(rec.tolist(), names)
-            planned = plan_batches(lengths, self.budget, rng(self.seed, BATCH_ORDER, stage, stage_epoch))
+            planned = plan_batches(lengths, self.budget, rng(self.seed, BATCH_ORDER, stage, stage_epoch), tasks=tid)
             dealt, repeated = split_for_ranks(planned, self.num_replicas)
             rec_l = rec.tolist()
             batches = [[(rec_l[i], names[i]) for i in b.tolist()] for b in dealt]

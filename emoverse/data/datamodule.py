@@ -74,6 +74,9 @@ class AMTDataModule(pl.LightningDataModule):
             (`BackboneProcessor.packing_unsupported` says why) warns in one line and trains on padded
             `max_tokens` batches instead, so one config serves every backbone.
         bucket_window: draws per length-sorting window of `max_tokens` batching.
+        pack_lookahead: with `packing`, how many draws past the first one that does not fit a row may take
+            to fill it, choosing to keep the row's task shares near the stage's ratios
+            (`TokenBudget.lookahead`); 0: rows of consecutive draws only, closed at the first misfit.
         drop_modalities: modalities taken out of every prompt of every split (`MODALITIES`): "frames",
             "audio", "text" (the transcript). For a modality ablation, `emoverse test` one checkpoint once
             per set; the run report shows their metrics side by side (docs/audio.md).
@@ -99,6 +102,7 @@ class AMTDataModule(pl.LightningDataModule):
         max_tokens: int | None = None,
         packing: bool = False,
         bucket_window: int = 512,
+        pack_lookahead: int = 64,
         drop_modalities: list[str] | None = None,
     ) -> None:
         super().__init__()
@@ -112,7 +116,8 @@ class AMTDataModule(pl.LightningDataModule):
             if streaming:
                 raise ValueError("AMTDataModule(max_tokens=...) cannot batch a stream: token-budget batches are planned "
                                  "per epoch over indexed draws; set streaming: false or drop max_tokens")
-            self.budget: TokenBudget | None = TokenBudget(max_tokens, packing, bucket_window)  # validates the fields
+            self.budget: TokenBudget | None = TokenBudget(max_tokens, packing, bucket_window,  # validates the fields
+                                                            pack_lookahead)
         else:
             self.budget = None
         self.path, self.demo = Path(path), demo
