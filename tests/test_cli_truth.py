@@ -206,10 +206,10 @@ def test_help_summaries_come_from_the_package_not_sys_path(tmp_path: Path) -> No
     still reads every tool's summary (it read "(emoverse.scoring is not installed)" under an editable install)."""
     import emoverse.cli as cli
 
-    code = ("import sys\nsys.path[:] = [p for p in sys.path if p not in ('', {repo!r})]\n"
-            "import importlib.util\nspec = importlib.util.spec_from_file_location('emoverse.cli', {cli!r})\n"
+    code = (f"import sys\nsys.path[:] = [p for p in sys.path if p not in ('', {str(REPO)!r})]\n"
+            f"import importlib.util\nspec = importlib.util.spec_from_file_location('emoverse.cli', {cli.__file__!r})\n"
             "mod = importlib.util.module_from_spec(spec)\nsys.modules['emoverse.cli'] = mod\n"
-            "spec.loader.exec_module(mod)\nprint(mod.describe_commands())").format(repo=str(REPO), cli=cli.__file__)
+            "spec.loader.exec_module(mod)\nprint(mod.describe_commands())")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
