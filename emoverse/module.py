@@ -18,7 +18,7 @@ from emoverse.backbones import Backbone, BackboneProcessor, create_backbone
 from emoverse.curriculum.curriculum import Curriculum
 from emoverse.curriculum.stage import Stage
 from emoverse.data.record import Utterance
-from emoverse.evaluation import SPLITS
+from emoverse.evaluation import CLOSED_ANSWERS, SPLITS, ClosedAnswers
 from emoverse.schedule import StageSchedule
 from emoverse.tasks import get_task, list_tasks
 from emoverse.tasks.base import Task, check_media_support, default_media
@@ -57,6 +57,9 @@ class EmoVerseModule(pl.LightningModule):
         gradient_checkpointing: recompute LLM activations in the backward pass to save memory.
         predictions_path: where `test` writes its JSONL (default: `{log_dir}/test_predictions.jsonl`);
             each validation's answers go to `{log_dir}/val_predictions.jsonl` (the last one kept).
+        closed_answers: how validation, test, predict and `analyze` answer a task with a closed answer set
+            (`Task.choices`: MSA, MER): "generate" (default: greedy generation, parsed) or "likelihood" (the most
+            likely allowed answer given the prompt, lm-evaluation-harness multiple choice; docs/evaluation.md).
     """
 
     def __init__(
@@ -76,8 +79,11 @@ class EmoVerseModule(pl.LightningModule):
         weight_decay: float = 0.0,
         gradient_checkpointing: bool = False,
         predictions_path: str | None = None,
+        closed_answers: ClosedAnswers = "generate",
     ) -> None:
         super().__init__()
+        if closed_answers not in CLOSED_ANSWERS:
+            raise ValueError(f"EmoVerseModule: closed_answers={closed_answers!r}; expected one of {CLOSED_ANSWERS}")
         if isinstance(backbone, str) and backbone.startswith(_PYTHON_BUILT):
             raise ValueError(f"this module was built with a {backbone[len(_PYTHON_BUILT):]} object, which a checkpoint "
                              "cannot rebuild: pass backbone=<the same backbone> to load_from_checkpoint")
@@ -91,6 +97,9 @@ class EmoVerseModule(pl.LightningModule):
         if unknown or not tasks:
             raise ValueError(f"tasks={tasks}: unknown {unknown}; expected a non-empty list from {list_tasks()}")
         self.backbone = create_backbone(backbone, **(backbone_args or {})) if isinstance(backbone, str) else backbone
+        # every backbone trains in train mode: `from_pretrained` returns eval mode and Lightning keeps each module's
+        # mode at fit start, so a loaded LLM's dropout would silently stay off (one rule here, for every backbone)
+        self.backbone.train()
         self.backbone.add_lora(lora_r, lora_alpha, lora_dropout, lora_targets, gradient_checkpointing)
         self._ever_trained: set[str] = set()
         self._trainable_changed = False  # set_trainable ran since the last optimizer step recorded the parts
@@ -206,7 +215,7 @@ class EmoVerseModule(pl.LightningModule):
         return out["loss"]
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> list[dict[str, Any]]:
-        rows = evaluation.answer(self.backbone, batch, self.tasks)
+        rows = evaluation.answer(self.backbone, batch, self.tasks, closed=self.hparams.closed_answers)
         evaluation.score(rows, self.tasks, {t: self.metrics[f"{split}_{t}"] for t in self.tasks})
         return rows
 
@@ -267,7 +276,8 @@ class EmoVerseModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Rows `{id, task, prompt, generation, prediction}` as JSON data (no labels needed, no metrics)."""
-        return [evaluation.prediction_row(r) for r in evaluation.answer(self.backbone, batch, self.tasks)]
+        return [evaluation.prediction_row(r) for r in evaluation.answer(self.backbone, batch, self.tasks,
+                                                                        closed=self.hparams.closed_answers)]
 
     @torch.no_grad()
     def analyze(self, frames: Sequence[Image.Image], text: str, tasks: Collection[str] | None = None, *,
@@ -296,7 +306,7 @@ class EmoVerseModule(pl.LightningModule):
         """
         return evaluation.analyze(self.backbone, self.tasks, frames, text, list(tasks or self.tasks), speaker=speaker,
                                   context=context, turn=turn, emotion=emotion, num_frames=num_frames,
-                                  peak_frame=peak_frame)
+                                  peak_frame=peak_frame, closed=self.hparams.closed_answers)
 
     # optimisation and checkpoints ------------------------------------------------------------
 
