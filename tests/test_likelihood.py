@@ -17,8 +17,9 @@ from emoverse.tasks import MER, MSA
 
 
 def record(emotion: str = "anger", sentiment: float = -1.0) -> AMTRecord:
-    return AMTRecord(id="r", source="meld", split="val", text="You ate my sandwich!", speaker="Ross",
-                     labels=AMTLabels(emotion=emotion, sentiment=sentiment, reason="Because of the sandwich."), frames=[Image.new("RGB", (32, 32))])
+    labels = AMTLabels(emotion=emotion, sentiment=sentiment, reason="Because of the sandwich.")
+    return AMTRecord(id="r", source="meld", split="val", text="You ate my sandwich!", speaker="Ross", labels=labels,
+                     frames=[Image.new("RGB", (32, 32))])
 
 
 def batch_for(module: EmoVerseModule, names: list[str]) -> dict:
@@ -92,3 +93,23 @@ def test_the_module_option_reaches_evaluation_and_analyze() -> None:
     with pytest.raises(ValueError, match=r"closed_answers='best'; expected one of \('generate', 'likelihood'\)"):
         EmoVerseModule("tiny_text", closed_answers="best")
     assert create_backbone("tiny_text")  # the option needs nothing of the backbone
+
+
+def test_emoverse_test_scores_closed_answers_by_likelihood(demo_amt, tmp_path, monkeypatch) -> None:
+    import json
+    import sys
+
+    from emoverse.cli import main
+    from tests.test_cli import QUICKSTART
+
+    monkeypatch.setattr(sys, "argv", ["emoverse"])
+    out = tmp_path / "preds.jsonl"
+    main(["test", "--config", str(QUICKSTART), "--data.init_args.path", str(demo_amt),
+          "--model.init_args.backbone", "tiny_text", "--model.init_args.tasks", "[msa, mer, eri]",
+          "--model.init_args.closed_answers", "likelihood", "--model.init_args.predictions_path", str(out),
+          "--trainer.limit_test_batches", "4", "--data.init_args.eval_batch_size", "8",
+          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    closed = [r for r in rows if r["task"] in ("msa", "mer")]
+    assert closed and all(r["generation"] in (MSA().choices + MER().choices) and r["choice_logprobs"] for r in closed)
+    assert all("choice_logprobs" not in r for r in rows if r["task"] == "eri")

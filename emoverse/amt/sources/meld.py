@@ -3,8 +3,9 @@
 One record per utterance: the emotion labels MER; with `sentiment_as_msa`, the sentiment word
 labels MSA as a sign (positive → +1.0, neutral → 0.0, negative → -1.0), which is all that
 Acc2 reads from a score. With `context: preceding` each record carries its dialogue's earlier turns (speaker and
-text, no emotion: MER with context must not read the gold labels of the turns it sees). Clips are `{videos[split]}/dia{Dialogue_ID}_utt{Utterance_ID}.mp4`
-(the MELD.Raw folders `train_splits/`, `dev_splits_complete/`, `output_repeated_splits_test/`).
+text, no emotion: MER with context must not read the gold labels of the turns it sees). Clips are
+`{videos[split]}/dia{Dialogue_ID}_utt{Utterance_ID}.mp4` (the MELD.Raw folders `train_splits/`,
+`dev_splits_complete/`, `output_repeated_splits_test/`).
 """
 
 from __future__ import annotations
