@@ -178,3 +178,17 @@ def test_a_real_gguf_loads_answers_and_exports(tmp_path: Path) -> None:
     bb.save_pretrained(tmp_path / "out")  # through a fresh model: transformers does not save a GGUF-loaded one
     reloaded = CausalLMBackbone(str(tmp_path / "out")).eval()
     assert torch.equal(reloaded.generate_ids(prompts["inputs"], 6), bb.generate_ids(prompts["inputs"], 6))
+
+
+def test_trained_adapter_export_round_trips_without_a_projector(tmp_path: Path) -> None:
+    from emoverse.export import export_trained, load_trained
+
+    torch.manual_seed(0)
+    a = EmoVerseModule("tiny_text", tasks=["msa"])
+    nudge_trained(a, 0.05)
+    export_trained(a, tmp_path)
+    assert (tmp_path / "lora").is_dir() and not (tmp_path / "projector.safetensors").exists()
+    b = EmoVerseModule("tiny_text", tasks=["msa"])
+    load_trained(b, tmp_path)
+    want = a.trainable_state_dict()
+    assert all(torch.equal(b.state_dict()[k], v) for k, v in want.items())
