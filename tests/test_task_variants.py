@@ -89,3 +89,13 @@ def test_meld_preceding_context_follows_dialogue_and_utterance_ids(tmp_path: Pat
     assert all(c.record.context == [] for c in plain.read() if isinstance(c, Candidate))
     with pytest.raises(ValueError, match="context='all'; expected 'none' or 'preceding'"):
         MELDSource(root=str(tmp_path), context="all")
+
+
+def test_an_answer_echoing_the_conversation_is_not_read_as_cause_indices() -> None:
+    """SmolLM2-135M-Instruct zero-shot repeats the prompt's turns; their numbers are not causes."""
+    echoed = "1. 1_sadness. Ross: I lost my job.\n2. 2_sadness. Rachel: Oh no"
+    assert ECPE().parse(echoed, ecf_record()) is None
+    assert ECPE().parse("The emotion-cause indices are:\n- 1_sadness. Ross: I lost", ecf_record()) is None
+    assert ECPE(show_emotions=False).parse("1. Ross: I lost my job.", ecf_record()) is None
+    assert ECPE().parse("The cause is utterance 1.", ecf_record()).pairs == ((2, 1, "sadness"),)  # prose stays
+    assert ECPE().parse("2_sadness,1", ecf_record()).pairs == ((2, 1, "sadness"),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,11 @@ EmoVerse prompt shows every turn's gold emotion (a variant beyond the paper's pr
 Triple = tuple[int, int, str]
 """(emotion_turn, cause_turn, emotion), turns 1-based."""
 
+_ECHOED_TURN = re.compile(r"(?m)^\W*\d+(?:_[A-Za-z]+)?\.\s+[^\n:]{1,60}:")
+"""A conversation line as the prompt writes it (`3_joy. Ross:` or `3. Ross:`), at the start of a line: an answer that
+repeats the prompt's turns is not a list of cause indices (SmolLM2-135M-Instruct zero-shot echoes them, and their
+turn numbers read as causes paired with the target's gold emotion scored F1 0.22 on ECF dev)."""
+
 
 @dataclass  # not frozen: Lightning's predict loop rebuilds dataclasses field by field (move_data_to_device)
 class ECPEAnswer:
@@ -113,7 +119,8 @@ class ECPE(Task):
     - every `<turn>_<emotion>,<cause>` found anywhere is a pair (emotion synonyms allowed);
     - otherwise, an answer without digits that is empty or says none/no/nothing is "no cause";
     - otherwise, every integer in the text is a cause index of the target utterance, paired with
-      the target's turn and emotion (needs the record, or the target in offline scoring);
+      the target's turn and emotion (needs the record, or the target in offline scoring), unless the
+      answer repeats the prompt's conversation lines (`3_joy. Ross: ...`): that is unparsed;
     - pairs about another utterance than the target (emotion turn != target turn), causes
       outside 1..target turn and unknown emotion words are dropped and counted
       (`ECPEAnswer.ignored`); pairs are de-duplicated; anything else is `None`.
@@ -261,7 +268,7 @@ class ECPE(Task):
         if says_no_cause(text):
             return ECPEAnswer()
         causes = find_indices(text)
-        if not causes or turn is None or emotion is None:
+        if not causes or turn is None or emotion is None or _ECHOED_TURN.search(text):
             return None
         kept = [c for c in causes if 1 <= c <= (last if last is not None else turn)]
         return ECPEAnswer(tuple(dict.fromkeys((turn, c, emotion) for c in kept)), len(causes) - len(kept))
