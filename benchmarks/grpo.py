@@ -23,8 +23,8 @@ from emoverse import AMTDataModule, EmoVerseModule, Stage, make_demo_amt
 from emoverse.backbones.base import Sampling
 from emoverse.curriculum import Curriculum
 from emoverse.data.collator import AMTCollator
-from emoverse.evaluation import move_to
-from emoverse.grpo import grpo_step
+from emoverse.objectives import GRPO
+from emoverse.objectives.grpo import grpo_step
 
 
 def timed(fn, steps: int, device: str) -> float:
@@ -53,19 +53,17 @@ def main() -> None:
     torch.manual_seed(0)
     root = Path(tempfile.mkdtemp()) / "amt"
     make_demo_amt(root, seed=0, num_monologues=80, num_dialogues=10)
-    stage = Stage(name="rl", ratios={"mer": 1, "msa": 1}, objective="grpo",
-                  grpo={"group_size": args.group, "max_new_tokens": {"mer": args.tokens, "msa": args.tokens}})
+    stage = Stage(name="rl", ratios={"mer": 1, "msa": 1},
+                  objective=GRPO(group_size=args.group, max_new_tokens={"mer": args.tokens, "msa": args.tokens}))
     module = EmoVerseModule("tiny", lora_dropout=0.0, lr=1e-4, curriculum=Curriculum([stage])).to(args.device)
     data = AMTDataModule(str(root), batch_size=args.prompts, num_frames=4, processor=module.processor,
                          tasks=module.tasks, curriculum=module.curriculum)
     data.setup("fit")
-    group_batch = move_to(next(iter(data.train_dataloader())), torch.device(args.device))
-    pairs = list(zip(group_batch["records"][::args.group], group_batch["tasks"][::args.group]))
+    group_batch = next(iter(data.train_dataloader())).to(torch.device(args.device))
+    pairs = list(zip(group_batch.records[::args.group], group_batch.tasks[::args.group]))
     ds = data.datasets["train"]
     index = {ds.index.entries[i].meta["id"]: i for i in range(len(ds))}
-    sft_batch = move_to(AMTCollator(module.processor, "train")([ds[(index[r.id], t)] for r, t in pairs]),
-                        torch.device(args.device))
-    sft_batch["labels"] = sft_batch["labels"].to(args.device)
+    sft_batch = AMTCollator(module.processor, "train")([ds[(index[r.id], t)] for r, t in pairs]).to(args.device)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     module.train()
 
@@ -75,12 +73,12 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     def grpo() -> None:
-        grpo_step(module.backbone, group_batch, module.tasks, stage.grpo)["loss"].backward()
+        grpo_step(module.backbone, group_batch, module.tasks, stage.objective)["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     sampling = Sampling(1.0, 1.0)
-    inputs = group_batch["inputs"]
+    inputs = group_batch.inputs
     rows = inputs["input_ids"].shape[0]
     frames = inputs["pixel_values"].shape[0] // rows
 

@@ -19,8 +19,9 @@ import torch
 from emoverse import AMTDataModule, EmoVerseModule, Stage
 from emoverse.backbones.base import Sampling
 from emoverse.curriculum import Curriculum, MultiStageCurriculum
-from emoverse.evaluation import answer, move_to
-from emoverse.grpo import cut_answers
+from emoverse.evaluation import answer
+from emoverse.objectives import GRPO
+from emoverse.objectives.sampling import cut_answers
 
 
 def val_reward(module: EmoVerseModule, data: AMTDataModule, tasks: list[str]) -> dict[str, float]:
@@ -29,7 +30,7 @@ def val_reward(module: EmoVerseModule, data: AMTDataModule, tasks: list[str]) ->
     rewards: dict[str, list[float]] = {t: [] for t in tasks}
     with torch.no_grad():
         for batch in data.val_dataloader():
-            for row in answer(module.backbone, move_to(batch, module.device), module.tasks):
+            for row in answer(module.backbone, batch.to(module.device), module.tasks):
                 if row["task"] in rewards:
                     rewards[row["task"]].append(module.tasks[row["task"]].reward(row["generation"], row["record"]))
     return {t: statistics.fmean(v) for t, v in rewards.items() if v}
@@ -45,11 +46,11 @@ def sampled_val_reward(module: EmoVerseModule, data: AMTDataModule, tasks: list[
     rewards: dict[str, list[float]] = {t: [] for t in tasks}
     with torch.no_grad():
         for batch in data.val_dataloader():
-            batch = move_to(batch, module.device)
+            batch = batch.to(module.device)
             for _ in range(samples):
-                new = module.backbone.generate_ids(batch["inputs"], tokens, Sampling(1.0, 1.0))
-                for ids, t, r in zip(cut_answers(new, [tokens] * len(new), proc.stop_ids), batch["tasks"],
-                                     batch["records"], strict=True):
+                new = module.backbone.generate_ids(batch.inputs, tokens, Sampling(1.0, 1.0))
+                for ids, t, r in zip(cut_answers(new, [tokens] * len(new), proc.stop_ids), batch.tasks,
+                                     batch.records, strict=True):
                     if t in rewards:
                         text = proc.tokenizer.decode(ids, skip_special_tokens=True).strip()
                         rewards[t].append(module.tasks[t].reward(text, r))
@@ -71,9 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     pl.seed_everything(args.seed)
     stage = Stage(name="reinforce", ratios={t: 1 for t in args.tasks}, budget="all", epochs=1,
-                  samples_per_epoch=args.steps * args.prompts, train=["lora"], objective="grpo",
-                  grpo={"group_size": args.group, "beta": args.beta, "reference": "stage_start",
-                        "max_new_tokens": {t: args.tokens for t in args.tasks}})
+                  samples_per_epoch=args.steps * args.prompts, train=["lora"],
+                  objective=GRPO(group_size=args.group, beta=args.beta, reference="stage_start",
+                                 max_new_tokens={t: args.tokens for t in args.tasks}))
     curriculum = Curriculum([stage], seed=args.seed)
     module = EmoVerseModule.load_from_checkpoint(args.ckpt, curriculum=curriculum, lr=args.lr, warmup_ratio=0.1,
                                                  trainable=["lora"])

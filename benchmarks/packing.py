@@ -2,13 +2,19 @@
 
 Baseline: today's padded training batches (`AMTDataModule(batch_size=8)`). Contenders, on the same
 epoch of draws (the demo AMT, every task at equal ratio, `--samples` draws): token-budget batches
-(`max_tokens`, rows x longest row) and packed rows (`max_tokens`, `packing=True`); `max_tokens` is
-the smallest budget that gives no more batches, hence optimizer steps, than the baseline, so every
-mode trains the same samples in at most as many steps. Batches are built by the datamodule's own
+(`max_tokens`, rows x longest row) and packed rows (`max_tokens`, `packing=True`), the latter twice:
+rows of consecutive draws closed at the first that does not fit (`packing_in_order`, `pack_lookahead=0`)
+and rows filled from the look-ahead (`packing`, the default `pack_lookahead`), at the same budget, so
+the look-ahead shows as fuller rows (`fill`: real tokens over steps x max_tokens) and fewer steps.
+`max_tokens` is the smallest budget that gives no more batches, hence optimizer steps, than the
+baseline (for packing: with rows of consecutive draws), so every mode trains the same samples in at
+most as many steps. Batches are built by the datamodule's own
 train loader beforehand (data loading is not timed); a step is forward + backward + AdamW on
 `EmoVerseModule`. The modes alternate, reversed every round; the epoch time of a mode is the sum over
 its steps of each step's fastest round (on a shared machine other jobs only ever add time; the median
 epoch time is printed beside it). Backbones: the composed `tiny` and the transformers-native `tiny_llava`.
+Also, planning only (no model runs): the fill, steps and per-row task mix of the quickstart's packed rows
+(examples/configs/quickstart.yaml's curriculum and batching, `tiny`) with and without the look-ahead.
 
 Run: `python benchmarks/packing.py [--samples 480] [--rounds 3]`. The last line is one JSON object.
 """
@@ -30,7 +36,8 @@ from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
 from emoverse.curriculum import Curriculum, Stage, TokenBudget
 
 BATCH = 8
-MODES = ("padded", "token_budget", "packing")
+MODES = ("padded", "token_budget", "packing_in_order", "packing")
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "configs" / "quickstart.yaml"
 
 
 def module(backbone: str) -> EmoVerseModule:
@@ -50,14 +57,15 @@ def data(amt: Path, m: EmoVerseModule, samples: int, **batching: Any) -> AMTData
 
 
 def smallest_budget(dm: AMTDataModule, m: EmoVerseModule, samples: int, steps: int, packing: bool) -> int:
-    """The smallest max_tokens (to 8 tokens) whose epoch has at most `steps` batches."""
+    """The smallest max_tokens (to 8 tokens) whose epoch has at most `steps` batches (packed: rows of consecutive
+    draws, `lookahead=0`)."""
     ds = dm.datasets["train"]
     length = functools.cache(ds.example_length)
     lo, hi = 64, 1 << 16
     while hi - lo > 8:
         mid = (lo + hi) // 2
         c = Curriculum([stage(m, samples)], seed=0)
-        c.bind(ds.record_tasks, budget=TokenBudget(mid, packing), lengths=length)
+        c.bind(ds.record_tasks, budget=TokenBudget(mid, packing, lookahead=0), lengths=length)
         if c.epoch_batches(0) <= steps:
             hi = mid
         else:
@@ -101,6 +109,7 @@ def run(backbone: str, amt: Path, samples: int, rounds: int) -> dict[str, Any]:
     budget = smallest_budget(padded, m, samples, steps, packing=False)
     packed = smallest_budget(padded, m, samples, steps, packing=True)
     built = {"padded": batches(padded), "token_budget": batches(data(amt, m, samples, max_tokens=budget)),
+             "packing_in_order": batches(data(amt, m, samples, max_tokens=packed, packing=True, pack_lookahead=0)),
              "packing": batches(data(amt, m, samples, max_tokens=packed, packing=True))}
     step_seconds(m, built["padded"][:3])  # warm-up (allocator, kernels)
     times: dict[str, list[list[float]]] = {k: [] for k in MODES}
@@ -115,8 +124,49 @@ def run(backbone: str, amt: Path, samples: int, rounds: int) -> dict[str, Any]:
         out[mode] = {**f, "seconds": round(t, 3), "median_epoch_seconds": round(median_epoch, 3),
                      "samples_per_s": round(f["samples"] / t, 2),
                      "tokens_per_s": round(f["tokens"] / t, 1), "padding": round(1 - f["tokens"] / f["positions"], 4)}
+        if mode.startswith("packing"):  # real tokens over the rows' room
+            out[mode]["fill"] = round(f["tokens"] / (f["steps"] * packed), 4)
     for mode in MODES[1:]:
         out[f"ratio_{mode}_vs_padded"] = round(out[mode]["samples_per_s"] / out["padded"]["samples_per_s"], 3)
+    out["ratio_packing_vs_packing_in_order"] = round(out["packing"]["samples_per_s"] / out["packing_in_order"]["samples_per_s"], 3)
+    return out
+
+
+def row_mix_distance(batches: list[list[tuple[int, str]]], quotas: dict[str, int]) -> float:
+    """Mean over the rows of the total-variation distance between a row's task shares (in draws) and the stage's."""
+    total = sum(quotas.values())
+    dist = []
+    for b in batches:
+        tasks = [t for _, t in b]
+        dist.append(0.5 * sum(abs(tasks.count(t) / len(b) - q / total) for t, q in quotas.items()))
+    return sum(dist) / len(dist)
+
+
+def quickstart_rows(amt: Path) -> dict[str, Any]:
+    """The quickstart's packed rows (its curriculum, max_tokens and packing; `tiny`'s exact lengths) with and
+    without the look-ahead: per-epoch fill, optimizer steps and mean row task-mix distance. Planning only."""
+    import dataclasses
+
+    import yaml
+
+    cfg = yaml.safe_load(QUICKSTART.read_text())
+    batching = {k: v for k, v in cfg["data"]["init_args"].items() if k in ("max_tokens", "packing", "pack_lookahead")}
+    m = module("tiny")
+    c = Curriculum([Stage(**st) for st in cfg["curriculum"]["stages"]], seed=cfg["curriculum"]["seed"])
+    dm = AMTDataModule(str(amt), processor=m.processor, tasks=m.tasks, curriculum=c, **batching)
+    dm.setup("fit")
+    in_order = Curriculum(c.stages, seed=c.seed)
+    in_order.bind(dm.datasets["train"].record_tasks, budget=dataclasses.replace(dm.budget, lookahead=0),
+                  lengths=lambda r, t: int(c.pair_lengths([r], [t])[0]))
+    out: dict[str, Any] = {"max_tokens": dm.budget.max_tokens, "lookahead": dm.budget.lookahead}
+    for name, cur in (("in_order", in_order), ("lookahead", c)):
+        epochs = range(cur.total_epochs)
+        stats = [cur.batch_stats(e) for e in epochs]
+        mix = [row_mix_distance(cur.batches(e), cur.quotas(cur.stage_of(e))) for e in epochs]
+        out[name] = {"steps": sum(st["batches"] for st in stats),
+                     "fill": round(sum(st["tokens"] for st in stats) / sum(st["batches"] for st in stats) / dm.budget.max_tokens, 4),
+                     "fill_per_epoch": [round(st["tokens"] / (st["batches"] * dm.budget.max_tokens), 4) for st in stats],
+                     "mix_distance": round(sum(mix) / len(mix), 4), "mix_distance_per_epoch": [round(x, 4) for x in mix]}
     return out
 
 
@@ -124,15 +174,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 VISUAL_PER_FRAME = 256  # InternVL2: one 448 px tile per frame
 FRAMES = {"msa": 4, "mer": 4, "eri": 4, "ecpe": 4, "fer": 1}
 RESPONSE = {"msa": 2, "mer": 3, "fer": 24, "eri": 40, "ecpe": 12}  # typical answer tokens (+ end of turn)
+PAPER_PACKED = 8192  # examples/configs/scale/packed_24gb.yaml's rows
 PAPER_STAGES = {"stage1": {"msa": 6, "fer": 3, "mer": 1}, "stage2": {"mer": 3, "eri": 3, "ecpe": 3, "msa": 1}}
 
 
-def paper_shaped(tokenizer: Any, draws: int = 4000, seed: int = 0) -> dict[str, Any] | None:
+def paper_shaped(tokenizer: Any, draws: int = 4000, seed: int = 0, shared: Path = SHARED) -> dict[str, Any] | None:
     """Padding of padded batch-8 rows against token-budget batches at no more steps, on rows shaped like the
     paper's: 256 visual tokens per frame (4 frames, 1 for FER), the task template, the text of real MELD
     utterances (utterance tasks) or real ECF 2.0 conversations (ECPE, every turn with its speaker), a typical
-    answer. Planning only (no model runs: a 2,000-token row does not train in reasonable time on this CPU);
-    None without ../shared/data."""
+    answer; packed rows of `PAPER_PACKED` tokens with and without the look-ahead. Planning only (no model runs:
+    a 2,000-token row does not train in reasonable time on this CPU); None without `shared` (../shared/data)."""
     import csv
 
     import numpy as np
@@ -142,7 +193,7 @@ def paper_shaped(tokenizer: Any, draws: int = 4000, seed: int = 0) -> dict[str, 
     from emoverse.curriculum.batching import plan_batches
     from emoverse.tasks import get_task
 
-    meld, ecf = SHARED / "meld" / "train_sent_emo.csv", SHARED / "ecf" / "semeval2024_ecac" / "Subtask_1_train.json"
+    meld, ecf = shared / "meld" / "train_sent_emo.csv", shared / "ecf" / "semeval2024_ecac" / "Subtask_1_train.json"
     if not (meld.exists() and ecf.exists()):
         return None
 
@@ -157,13 +208,14 @@ def paper_shaped(tokenizer: Any, draws: int = 4000, seed: int = 0) -> dict[str, 
     for stage, ratios in PAPER_STAGES.items():
         names = sorted(ratios)
         quotas = largest_remainder(draws, [ratios[t] for t in names])
-        lengths = []
+        lengths, task_ids = [], np.repeat(np.arange(len(names)), quotas)
         for task, q in zip(names, quotas.tolist()):
             text = conversations if task == "ecpe" else utterances
             template = n(get_task(task).template)
             picks = gen.choice(text, size=q)
             lengths.append(FRAMES[task] * VISUAL_PER_FRAME + template + picks + RESPONSE[task])
-        lengths = np.concatenate(lengths)[gen.permutation(draws)]
+        order = gen.permutation(draws)
+        lengths, task_ids = np.concatenate(lengths)[order], task_ids[order]
         padded = sum(int(lengths[i:i + BATCH].max()) * len(lengths[i:i + BATCH]) for i in range(0, draws, BATCH))
         steps = -(-draws // BATCH)
         lo, hi = 256, 1 << 17
@@ -178,6 +230,9 @@ def paper_shaped(tokenizer: Any, draws: int = 4000, seed: int = 0) -> dict[str, 
                       "token_budget_max_tokens": hi, "token_budget_padding": round(1 - real / budget_positions, 4),
                       "steps_padded": steps, "steps_token_budget": len(batches),
                       "positions_ratio_padded_vs_packing": round(padded / real, 3)}
+        for name, lookahead in (("in_order", 0), ("lookahead", TokenBudget(PAPER_PACKED).lookahead)):
+            rows = plan_batches(lengths, TokenBudget(PAPER_PACKED, True, lookahead=lookahead), rng(seed, 1), task_ids)
+            out[stage][f"packed_{name}"] = {"steps": len(rows), "fill": round(real / (len(rows) * PAPER_PACKED), 4)}
     return out
 
 
@@ -186,6 +241,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=480)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backbones", nargs="+", default=["tiny", "tiny_llava"])
+    parser.add_argument("--shared-data", type=Path, default=SHARED,
+                        help="the real annotation data of the paper-shaped rows (default ../shared/data; skipped if absent)")
     args = parser.parse_args()
     results: dict[str, Any] = {"samples": args.samples, "rounds": args.rounds, "batch_size": BATCH,
                                "threads": torch.get_num_threads()}
@@ -196,13 +253,21 @@ def main() -> None:
             results[name] = r
             for mode in MODES:
                 f = r[mode]
-                print(f"{name:>10} {mode:>12}: {f['samples_per_s']:7.2f} samples/s {f['tokens_per_s']:9.1f} tokens/s "
-                      f"padding {100 * f['padding']:5.1f} %  {f['steps']} steps, {f['samples']} samples, {f['seconds']} s "
-                      f"(median epoch {f['median_epoch_seconds']} s)")
-            print(f"{name:>10} token_budget {r['ratio_token_budget_vs_padded']}x, packing "
-                  f"{r['ratio_packing_vs_padded']}x the padded samples/s (max_tokens {r['max_tokens_token_budget']} / "
-                  f"{r['max_tokens_packing']})")
-        paper = paper_shaped(module("tiny").processor.tokenizer)
+                fill = f" fill {100 * f['fill']:5.1f} %" if "fill" in f else ""
+                print(f"{name:>10} {mode:>16}: {f['samples_per_s']:7.2f} samples/s {f['tokens_per_s']:9.1f} tokens/s "
+                      f"padding {100 * f['padding']:5.1f} %{fill}  {f['steps']} steps, {f['samples']} samples, "
+                      f"{f['seconds']} s (median epoch {f['median_epoch_seconds']} s)")
+            print(f"{name:>10} token_budget {r['ratio_token_budget_vs_padded']}x, packing in order "
+                  f"{r['ratio_packing_in_order_vs_padded']}x, packing {r['ratio_packing_vs_padded']}x the padded samples/s "
+                  f"(max_tokens {r['max_tokens_token_budget']} / {r['max_tokens_packing']}); the look-ahead "
+                  f"{r['ratio_packing_vs_packing_in_order']}x packing in order")
+        q = results["quickstart"] = quickstart_rows(Path(tmp))
+        for name in ("in_order", "lookahead"):
+            f = q[name]
+            print(f"quickstart packed rows ({q['max_tokens']} tokens), {name:>9}: fill {100 * f['fill']:.1f} % "
+                  f"(per epoch {', '.join(f'{100 * x:.1f}' for x in f['fill_per_epoch'])}), {f['steps']} steps, "
+                  f"row task-mix distance {f['mix_distance']:.3f}")
+        paper = paper_shaped(module("tiny").processor.tokenizer, shared=args.shared_data)
         if paper is not None:
             results["paper_shaped"] = paper
             for stage in PAPER_STAGES:
@@ -210,7 +275,9 @@ def main() -> None:
                 print(f"paper-shaped {stage}: rows {f['rows_min']}-{f['rows_max']} (median {f['rows_median']}), padding "
                       f"{100 * f['padded_padding']:.1f} % padded batch {BATCH} -> {100 * f['token_budget_padding']:.1f} % "
                       f"token-budget ({f['token_budget_max_tokens']} tokens, {f['steps_token_budget']} vs "
-                      f"{f['steps_padded']} steps), 0 % packed")
+                      f"{f['steps_padded']} steps), 0 % packed; packed rows of {PAPER_PACKED} tokens "
+                      f"{100 * f['packed_in_order']['fill']:.1f} % full in order ({f['packed_in_order']['steps']} steps), "
+                      f"{100 * f['packed_lookahead']['fill']:.1f} % with the look-ahead ({f['packed_lookahead']['steps']} steps)")
     print(json.dumps(results))
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from emoverse import AMTDataModule, EmoVerseModule, make_demo_amt
+from emoverse.data.batches import TrainBatch
 
 BACKBONE = "tiny"
 
@@ -35,7 +36,7 @@ def fresh_module() -> EmoVerseModule:
     return EmoVerseModule(BACKBONE, lr=1e-3, lora_dropout=0.0, warmup_ratio=0.0)
 
 
-def demo_batches(root: Path, n: int, batch_size: int) -> list[dict]:
+def demo_batches(root: Path, n: int, batch_size: int) -> list[TrainBatch]:
     module = fresh_module()
     dm = AMTDataModule(str(root), batch_size=batch_size, processor=module.processor, tasks=module.tasks)
     dm.setup("fit")
@@ -43,7 +44,7 @@ def demo_batches(root: Path, n: int, batch_size: int) -> list[dict]:
     return [next(it) for _ in range(n)]
 
 
-def plain_loop(batches: list[dict]) -> list[float]:
+def plain_loop(batches: list[TrainBatch]) -> list[float]:
     module = fresh_module()
     module.train()
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
@@ -68,7 +69,7 @@ class _Stamps(pl.Callback):
         self.t.append(time.perf_counter())
 
 
-def lightning_fit(batches: list[dict]) -> list[float]:
+def lightning_fit(batches: list[TrainBatch]) -> list[float]:
     module = fresh_module()
     stamps = _Stamps()
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
@@ -86,11 +87,11 @@ class _Wrapped(nn.Module):
         super().__init__()
         self.module, self.hf_loss = module, hf_loss
 
-    def forward(self, **batch) -> dict:
+    def forward(self, inputs: dict, labels: torch.Tensor) -> dict:
         if not self.hf_loss:
-            return {"loss": self.module(batch)["loss"]}
+            return {"loss": self.module(TrainBatch(inputs, labels, tasks=[], ids=[]))["loss"]}
         backbone = self.module.backbone  # the model's own `labels=` loss: logits over every position
-        return {"loss": backbone.core(**backbone.cast_inputs(batch["inputs"]), labels=batch["labels"]).loss}
+        return {"loss": backbone.core(**backbone.cast_inputs(inputs), labels=labels).loss}
 
 
 class _HFStamps(TrainerCallback):
@@ -115,7 +116,7 @@ class _Listed(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def hf_trainer(batches: list[dict], hf_loss: bool) -> list[float]:
+def hf_trainer(batches: list[TrainBatch], hf_loss: bool) -> list[float]:
     model = _Wrapped(fresh_module(), hf_loss)
     stamps = _HFStamps()
     args = TrainingArguments(
@@ -124,14 +125,14 @@ def hf_trainer(batches: list[dict], hf_loss: bool) -> list[float]:
         save_strategy="no", logging_strategy="no", disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    data = _Listed([{"inputs": b["inputs"], "labels": b["labels"]} for b in batches])
+    data = _Listed([{"inputs": b.inputs, "labels": b.labels} for b in batches])
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=lambda xs: xs[0],
                       callbacks=[stamps])
     trainer.train()
     return [b - a for a, b in zip(stamps.t, stamps.t[1:])]
 
 
-def measure(batches: list[dict], warmup: int, repeats: int) -> dict[str, float]:
+def measure(batches: list[TrainBatch], warmup: int, repeats: int) -> dict[str, float]:
     """Median step times (ms) of the four runs, interleaved and reversed each repeat so load drift and
     position effects hit every run alike."""
     runs = {"plain_loop": lambda: plain_loop(batches), "emoverse_lightning": lambda: lightning_fit(batches),

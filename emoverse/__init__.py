@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "TaskWeightedSampler": "emoverse.curriculum",
     "m2se_stages": "emoverse.curriculum",
     "EmoVerseModule": "emoverse.module",
+    "CurriculumRun": "emoverse.run",
+    "curriculum_run": "emoverse.run",
     "Task": "emoverse.tasks",
     "get_task": "emoverse.tasks",
     "register_task": "emoverse.tasks",

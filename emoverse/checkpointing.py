@@ -9,8 +9,8 @@ same weights as an uninterrupted one, the global RNGs (torch, CUDA, numpy, rando
 every epoch's first batch from (base seed, epoch, rank), and a mid-epoch checkpoint carries their
 state of every rank, restored at the first batch after resuming (exact on every rank).
 
-`claim_version` and `find_last_checkpoint` back `emoverse fit --ckpt_path last` and keep
-concurrent runs out of each other's `version_N` folder.
+`claim_version`, `RunFolder` and `find_last_checkpoint` back `emoverse fit --ckpt_path last`, keep
+concurrent runs out of each other's `version_N` folder and leave none behind for a start that fails.
 """
 
 from __future__ import annotations
@@ -290,6 +290,44 @@ def claim_version(root: str | Path) -> int:
             return n
         except FileExistsError:
             n += 1
+
+
+START_FILES = frozenset({"config.yaml", "hparams.yaml"})
+"""What a run writes into its folder before it has a result (LightningCLI's config, the logger's hparams)."""
+
+
+class RunFolder:
+    """The `version_N` folder of one `emoverse` run: claimed on rank 0 only, given back by a start that fails.
+
+    `claim` reserves the folder with `claim_version` (an atomic mkdir, so runs started at once never share
+    one) on global rank 0; other ranks of a DDP run claim nothing (their loggers write nothing, and the
+    run's folder is rank 0's). `release` removes it again when the run failed before it wrote a result:
+    the folder then holds only `START_FILES` and empty folders. A refused start (a bad value, a refused
+    `max_epochs`, unreadable data) thus leaves nothing, while a run that failed after its first
+    checkpoint, metrics or predictions keeps them.
+    """
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def claim(self, root: str | Path, rank: int) -> int | None:
+        """Claim the next `version_N` under `root` on rank 0 and return N; None on other ranks."""
+        if rank != 0:
+            return None
+        version = claim_version(root)
+        self.path = Path(root) / f"version_{version}"
+        return version
+
+    def release(self) -> bool:
+        """Remove the claimed folder if it holds no result; returns whether it did."""
+        path, self.path = self.path, None
+        if path is None or not path.is_dir():
+            return False
+        files = [p for p in path.rglob("*") if not p.is_dir()]
+        if any(p.parent != path or p.name not in START_FILES for p in files):
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return True
 
 
 def find_last_checkpoint(*folders: str | Path) -> Path | None:

@@ -16,18 +16,20 @@ from torch import nn
 from emoverse import evaluation
 from emoverse.backbones import Backbone, BackboneProcessor, create_backbone
 from emoverse.curriculum.curriculum import Curriculum
-from emoverse.curriculum.stage import Stage
+from emoverse.data.batches import GenerationBatch, GroupBatch, TrainBatch
 from emoverse.data.record import Utterance
 from emoverse.evaluation import CLOSED_ANSWERS, SPLITS, ClosedAnswers
-from emoverse.schedule import StageSchedule
+from emoverse.objectives.sft import SFT
+from emoverse.schedule import StageSchedule, check_optimizer_args
 from emoverse.tasks import get_task, list_tasks
 from emoverse.tasks.base import Task, check_media_support, default_media
 
 DEFAULT_TASKS = ["msa", "mer", "fer", "eri", "ecpe"]
 TRAINED_KEY = "emoverse_trained"
 """Checkpoint entry: every weight that has trained so far (a stage may have trained the vision encoder)."""
-GRPO_REFERENCE_KEY = "emoverse_grpo_reference"
-"""Checkpoint entry: a GRPO stage's stage-start reference weights (`GRPOSettings.reference: stage_start`)."""
+OBJECTIVES_KEY = "emoverse_objectives"
+"""Checkpoint entry: each stage's objective state by stage name (`Objective.state_dict`, e.g. a GRPO stage's
+stage-start reference weights), where it has any."""
 _PYTHON_BUILT = "python-object:"
 
 
@@ -82,6 +84,7 @@ class EmoVerseModule(pl.LightningModule):
         closed_answers: ClosedAnswers = "generate",
     ) -> None:
         super().__init__()
+        check_optimizer_args(lr, warmup_ratio, weight_decay)  # before the backbone is built: fail fast, named
         if closed_answers not in CLOSED_ANSWERS:
             raise ValueError(f"EmoVerseModule: closed_answers={closed_answers!r}; expected one of {CLOSED_ANSWERS}")
         if isinstance(backbone, str) and backbone.startswith(_PYTHON_BUILT):
@@ -113,23 +116,20 @@ class EmoVerseModule(pl.LightningModule):
             if "media" not in (task_args or {}).get(name, {}):
                 task.media = default_media(accepts)
         check_media_support(self.tasks, accepts, backbone if isinstance(backbone, str) else type(backbone).__name__)
-        if curriculum is not None:
-            from emoverse.grpo import check_grpo_stages
-
-            check_grpo_stages(curriculum.stages, self.tasks, self.backbone)
+        for stage in curriculum.stages if curriculum is not None else ():
+            stage.objective.check_model(stage, self.tasks, self.backbone)
         self.metrics = nn.ModuleDict({f"{split}_{t}": task.new_metric() for split in SPLITS
                                       for t, task in self.tasks.items()})
         self._predictions: IO[str] | None = None
         self.predictions_file: str | None = None
-        self._grpo_reference: tuple[int, dict[str, torch.Tensor]] | None = None
-        """(stage index, weights) of a GRPO stage whose reference is its start ("stage_start")."""
+        self._objective = SFT()  # without a curriculum: one supervised stage
 
     @property
     def processor(self) -> BackboneProcessor:
         """The backbone's processor (the datamodule's collator uses it)."""
         return self.backbone.processor
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         """Response-token cross-entropy (`Backbone.loss`): `loss`, `sample_loss_sum`, `sample_tokens`."""
         return self.backbone.loss(batch)
 
@@ -177,44 +177,14 @@ class EmoVerseModule(pl.LightningModule):
 
     # steps -----------------------------------------------------------------------------------
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if self.curriculum is not None:
-            stage = self.curriculum.stages[self.curriculum.stage_of(self.trainer.current_epoch)]
-            if stage.objective == "grpo":
-                return self._grpo_training_step(batch, stage)
-        out = self(batch)
-        n = len(batch["tasks"])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
-        for task in sorted(set(batch["tasks"])):
-            rows = torch.tensor([t == task for t in batch["tasks"]], device=out["sample_tokens"].device)
-            task_loss = out["sample_loss_sum"][rows].sum() / out["sample_tokens"][rows].sum().clamp(min=1)
-            self.log(f"train/{task}/loss", task_loss, batch_size=int(rows.sum()))
-        if batch["num_truncated"]:
-            self.log("train/truncated", float(batch["num_truncated"]), reduce_fx="sum", batch_size=n)
-        return out["loss"]
+    def training_step(self, batch: TrainBatch | GroupBatch, batch_idx: int) -> torch.Tensor:
+        """The loss of the running stage's objective (`Objective.training_step`, which logs what it does)."""
+        if self.curriculum is None:
+            return self._objective.training_step(self, batch, 0)
+        index = self.curriculum.stage_of(self.trainer.current_epoch)
+        return self.curriculum.stages[index].objective.training_step(self, batch, index)
 
-    def _grpo_training_step(self, batch: dict[str, Any], stage: Stage) -> torch.Tensor:
-        """Sample, reward and score a group batch (`emoverse.grpo.grpo_step`); log what the stage does."""
-        from emoverse.grpo import grpo_step, log_grpo
-
-        if "group_size" not in batch:
-            raise ValueError(f"stage {stage.name!r} trains with GRPO but its batches are not group batches (no "
-                             "'group_size', 'records'); its train loader must collate with emoverse.data.grpo."
-                             "GroupCollator (AMTDataModule does)")
-        reference = None
-        if stage.grpo.reference == "stage_start":
-            from emoverse.grpo import snapshot, swapped_weights
-
-            index = self.curriculum.stages.index(stage)
-            if self._grpo_reference is None or self._grpo_reference[0] != index:
-                self._grpo_reference = (index, snapshot(self))  # the stage's first step (restored on resume)
-            weights = self._grpo_reference[1]
-            reference = lambda: swapped_weights(self, weights)  # noqa: E731
-        out = grpo_step(self.backbone, batch, self.tasks, stage.grpo, reference)
-        log_grpo(self, batch, out)
-        return out["loss"]
-
-    def _evaluate(self, batch: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    def _evaluate(self, batch: GenerationBatch, split: str) -> list[dict[str, Any]]:
         rows = evaluation.answer(self.backbone, batch, self.tasks, closed=self.hparams.closed_answers)
         evaluation.score(rows, self.tasks, {t: self.metrics[f"{split}_{t}"] for t in self.tasks})
         return rows
@@ -232,7 +202,7 @@ class EmoVerseModule(pl.LightningModule):
                 self.log(f"{split}/{name}/{key}", value.float())
             metric.reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: GenerationBatch, batch_idx: int) -> None:
         self._write_rows(self._evaluate(batch, "val"))
 
     def on_validation_epoch_start(self) -> None:
@@ -250,7 +220,7 @@ class EmoVerseModule(pl.LightningModule):
         """Open the test JSONL (default `{log_dir}/test_predictions.jsonl`; one file per rank under DDP)."""
         self._open_predictions(self.hparams.predictions_path, "test_predictions.jsonl")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: GenerationBatch, batch_idx: int) -> None:
         self._write_rows(self._evaluate(batch, "test"))
 
     def on_test_epoch_end(self) -> None:
@@ -274,16 +244,16 @@ class EmoVerseModule(pl.LightningModule):
             self._predictions.close()
             self._predictions = None
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: GenerationBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Rows `{id, task, prompt, generation, prediction}` as JSON data (no labels needed, no metrics)."""
         return [evaluation.prediction_row(r) for r in evaluation.answer(self.backbone, batch, self.tasks,
                                                                         closed=self.hparams.closed_answers)]
 
     @torch.no_grad()
-    def analyze(self, frames: Sequence[Image.Image], text: str, tasks: Collection[str] | None = None, *,
-                speaker: str | None = None, context: Sequence[Utterance | Mapping[str, Any]] = (),
+    def analyze(self, frames: str | Path | Sequence[Image.Image], text: str, tasks: Collection[str] | None = None, *,
+                audio: Any = None, speaker: str | None = None, context: Sequence[Utterance | Mapping[str, Any]] = (),
                 turn: int | None = None, emotion: str | None = None, num_frames: int = 4,
-                peak_frame: int | None = None) -> dict[str, Any]:
+                peak_frame: int | None = None, openface: str | Path | None = None) -> dict[str, Any]:
         """Answer each task about one clip: `{task: parsed answer}`, `None` where unreadable.
 
         msa gives a sentiment score (float), mer an emotion label, fer and eri text, ecpe an
@@ -291,8 +261,11 @@ class EmoVerseModule(pl.LightningModule):
         answered in one batched generation.
 
         Args:
-            frames: the clip's PIL images in time order (video tasks see up to `num_frames` of them).
+            frames: the clip's PIL images in time order (video tasks see up to `num_frames` of them), or
+                a video file, decoded as `emoverse analyze` does (`emoverse.clip_input`: frames, audio when a
+                task hears, the peak frame from `openface` or the faces).
             text: the utterance.
+            audio: the clip's 16 kHz mono float32 waveform, for tasks that hear (default: a video file's track).
             tasks: task names (default: all of this module's tasks).
             speaker: who says `text` (shown in the ecpe conversation).
             context: ecpe only: the earlier turns of the dialogue, as `Utterance`s or dicts
@@ -303,10 +276,15 @@ class EmoVerseModule(pl.LightningModule):
                 (ecpe is `None` if that answer is unreadable).
             num_frames: frames sampled uniformly for video tasks (use the datamodule's `num_frames`).
             peak_frame: index of the most expressive frame, shown to fer (default: the middle one).
+            openface: a video file's OpenFace CSV, whose peak frame fer describes.
+
+        msa and mer answer by likelihood when the module's `closed_answers` is "likelihood".
         """
-        return evaluation.analyze(self.backbone, self.tasks, frames, text, list(tasks or self.tasks), speaker=speaker,
-                                  context=context, turn=turn, emotion=emotion, num_frames=num_frames,
-                                  peak_frame=peak_frame, closed=self.hparams.closed_answers)
+        from emoverse.analyze import analyze
+
+        return analyze(self.backbone, self.tasks, frames, text, list(tasks or self.tasks), audio=audio, speaker=speaker,
+                       context=context, turn=turn, emotion=emotion, num_frames=num_frames, peak_frame=peak_frame,
+                       openface=openface, closed=self.hparams.closed_answers)
 
     # optimisation and checkpoints ------------------------------------------------------------
 
@@ -364,8 +342,10 @@ class EmoVerseModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict(checkpoint["state_dict"])
         checkpoint[TRAINED_KEY] = sorted(self._ever_trained)
-        if self._grpo_reference is not None:  # a GRPO stage's reference: the weights it started from
-            checkpoint[GRPO_REFERENCE_KEY] = {"stage": self._grpo_reference[0], "weights": self._grpo_reference[1]}
+        states = {s.name: state for s in (self.curriculum.stages if self.curriculum is not None else ())
+                  if (state := s.objective.state_dict())}
+        if states:
+            checkpoint[OBJECTIVES_KEY] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check a trainable-only checkpoint against this model and complete it with the frozen weights.
@@ -374,9 +354,10 @@ class EmoVerseModule(pl.LightningModule):
             ValueError: a weight the checkpoint trained is missing, or it holds weights this backbone
                 does not have (a checkpoint of another backbone).
         """
-        reference = checkpoint.get(GRPO_REFERENCE_KEY)
-        if reference is not None:
-            self._grpo_reference = (int(reference["stage"]), dict(reference["weights"]))
+        states = checkpoint.get(OBJECTIVES_KEY, {})
+        for stage in self.curriculum.stages if self.curriculum is not None else ():
+            if stage.name in states:
+                stage.objective.load_state_dict(states[stage.name])
         if "state_dict" not in checkpoint:  # ModelParallelStrategy has loaded the weights itself
             self._ever_trained |= set(checkpoint.get(TRAINED_KEY, ()))
             return

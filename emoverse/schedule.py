@@ -1,10 +1,35 @@
-"""`StageSchedule`: the LR factor per optimizer step, warm-up + cosine decay times the step's stage lr factor."""
+"""`StageSchedule`: the LR factor per optimizer step, warm-up + cosine decay times the step's stage lr factor;
+`check_optimizer_args`: the module's optimizer settings, checked where they are given."""
 
 from __future__ import annotations
 
 import bisect
 import math
 from collections.abc import Sequence
+
+
+def check_optimizer_args(lr: float, warmup_ratio: float, weight_decay: float, owner: str = "model.init_args") -> None:
+    """Refuse optimizer settings that torch would refuse only when `fit` builds the optimizer, with the
+    config key named (`model.init_args.lr=-0.002: ...`) instead of torch's "Invalid learning rate".
+
+    Args:
+        lr: the peak learning rate (finite, > 0).
+        warmup_ratio: share of the steps spent warming up (in [0, 1)).
+        weight_decay: AdamW weight decay (finite, >= 0).
+        owner: the config path of these arguments, for the message.
+
+    Raises:
+        ValueError: naming the key, the value and what was expected.
+    """
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not number(lr) or lr <= 0:
+        raise ValueError(f"{owner}.lr={lr!r}: expected a finite learning rate > 0 (the paper's is 1e-5)")
+    if not number(warmup_ratio) or not 0 <= warmup_ratio < 1:
+        raise ValueError(f"{owner}.warmup_ratio={warmup_ratio!r}: expected a share of the steps in [0, 1)")
+    if not number(weight_decay) or weight_decay < 0:
+        raise ValueError(f"{owner}.weight_decay={weight_decay!r}: expected a finite float >= 0")
 
 
 class StageSchedule:

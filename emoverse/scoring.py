@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emoverse.tasks import get_task, list_tasks
-
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "task", "generation", "target")
 
 
@@ -28,6 +26,7 @@ def read_rows(path: str | Path) -> dict[str, list[dict[str, Any]]]:
             `REQUIRED_FIELDS` or names an unregistered task; the message gives the file and line number.
         TypeError: a line that is not a JSON object, or a `generation` that is not a string.
     """
+    from emoverse.tasks import list_tasks  # tasks import torch: `emoverse score --help` stays light
     rows: dict[str, list[dict[str, Any]]] = {}
     if Path(path).is_dir():
         raise ValueError(f"{path}: a folder; expected a predictions JSONL file (e.g. {Path(path) / 'test_predictions.jsonl'})")
@@ -72,6 +71,7 @@ def score_predictions(path: str | Path, task_args: dict[str, dict[str, Any]] | N
         `{task: {metric: value}}`, tasks sorted; each task also reports `n` (its row count) and
         `unparsed` (answers its parser could not read, scored as wrong).
     """
+    from emoverse.tasks import get_task  # tasks import torch: `emoverse score --help` stays light
     results: dict[str, dict[str, float]] = {}
     for name, rows in sorted(read_rows(path).items()):
         task = get_task(name, **(task_args or {}).get(name, {}))

@@ -21,6 +21,7 @@ from torch import nn
 
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.media import SAMPLE_RATE
+from emoverse.data.batches import GenerationBatch, TrainBatch
 from emoverse.data.collator import AMTCollator
 from tests.test_backbones import nudge_trained, with_lora
 from tests.test_scaling import one_rank_mesh  # noqa: F401, F811  (a fixture)
@@ -65,7 +66,7 @@ def audio_examples(name: str, seconds: tuple[float | None, ...] = (0.5, 1.0), vi
     return out
 
 
-def collate(processor, examples: list[dict], mode: str = "train") -> dict:
+def collate(processor, examples: list[dict], mode: str = "train") -> TrainBatch | GenerationBatch:
     """What the collator hands the module (`AMTCollator`: the processor's batch with audio and `as_video` per row)."""
     return AMTCollator(processor, mode)(examples)
 
@@ -86,7 +87,7 @@ def test_forward_backward_trains_the_projectors_and_lora_only(name: str) -> None
     bb = with_lora(name)
     batch = collate(bb.processor, audio_examples(name, (0.5, 1.0), video=True))
     want = bb.processor.tokenize("joy") + bb.processor.end_ids
-    assert [t for t in batch["labels"][0].tolist() if t != -100] == want
+    assert [t for t in batch.labels[0].tolist() if t != -100] == want
     out = bb.loss(batch)
     assert out["sample_tokens"].tolist() == [len(want)] * 2
     out["loss"].backward()
@@ -109,7 +110,7 @@ def test_batched_generation_equals_one_at_a_time(name: str) -> None:
     bb = with_lora(name).eval()
     exs = audio_examples(name, (0.5, None, 1.0), video=True)  # a row without audio between two of other lengths
     batch = collate(bb.processor, exs, "generate")
-    assert len(set(batch["inputs"]["attention_mask"].sum(1).tolist())) == 3  # real left padding
+    assert len(set(batch.inputs["attention_mask"].sum(1).tolist())) == 3  # real left padding
     alone = [bb.generate(collate(bb.processor, [ex], "generate"), [5])[0] for ex in exs]
     assert bb.generate(batch, [5, 5, 5]) == alone
 
@@ -118,7 +119,7 @@ def test_batched_generation_equals_one_at_a_time(name: str) -> None:
 def test_prompt_length_is_exact_with_audio(name: str) -> None:
     proc = create_backbone(name).processor
     exs = audio_examples(name, (0.5, 1.0, None, 2.6), video=True)  # 2.6 s: past the tiny extractors' 2 s window
-    got = collate(proc, exs, "generate")["inputs"]["attention_mask"].sum(1).tolist()
+    got = collate(proc, exs, "generate").inputs["attention_mask"].sum(1).tolist()
     assert [proc.prompt_length(e["query"], e["images"], audio=e["audio"], as_video=e["as_video"]) for e in exs] == got
 
 
@@ -149,13 +150,13 @@ def test_the_contract_holds_with_audio(name: str) -> None:
     assert proc.end_ids[-1] in proc.stop_ids and proc.end_ids[-1] in special
     batch = collate(proc, audio_examples(name))
     with torch.no_grad():
-        full = bb.core(**bb.cast_inputs(batch["inputs"]), use_cache=False).logits
+        full = bb.core(**bb.cast_inputs(batch.inputs), use_cache=False).logits
         got = bb.loss(batch)["loss"]
-    want = nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten())
+    want = nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten())
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     ex = [{**audio_examples(name, (0.5,))[0], "response": "joy because the person says great news"}]
     batch = collate(proc, ex)
-    inputs, last = dict(batch["inputs"]), int((batch["labels"][0] != -100).nonzero().max())
+    inputs, last = dict(batch.inputs), int((batch.labels[0] != -100).nonzero().max())
     keep = torch.arange(inputs["input_ids"].shape[1])
     with torch.no_grad():
         before = bb.logits(inputs, keep)
@@ -176,7 +177,7 @@ def test_hf_audio_family_loads_back_from_a_saved_folder(name: str, tmp_path: Pat
     assert loaded.processor.modalities == saved.processor.modalities
     exs = audio_examples(name, video=True)
     batch = collate(saved.processor, exs)
-    assert torch.equal(collate(loaded.processor, exs)["inputs"]["input_ids"], batch["inputs"]["input_ids"])
+    assert torch.equal(collate(loaded.processor, exs).inputs["input_ids"], batch.inputs["input_ids"])
     saved.eval(), loaded.eval()
     assert torch.allclose(saved.loss(batch)["loss"], loaded.loss(batch)["loss"])
 
@@ -191,13 +192,13 @@ def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path: Path)
     nudge_trained(module, 0.05)
     module.eval()
     exs = audio_examples(name, (0.5, 1.0), video=True)
-    before = module.backbone.generate_ids(collate(module.processor, exs, "generate")["inputs"], 5)
+    before = module.backbone.generate_ids(collate(module.processor, exs, "generate").inputs, 5)
     export_merged(module, tmp_path)
     reloaded: Backbone = (load_composed(tmp_path) if isinstance(module.backbone, ComposedBackbone)
                           else HFVisionLanguageBackbone(str(tmp_path)))
     reloaded.eval()
     assert reloaded.processor.stop_ids == module.backbone.processor.stop_ids
-    assert torch.equal(reloaded.generate_ids(collate(reloaded.processor, exs, "generate")["inputs"], 5), before)
+    assert torch.equal(reloaded.generate_ids(collate(reloaded.processor, exs, "generate").inputs, 5), before)
 
 
 def test_hubert_beside_the_vision_encoder() -> None:
@@ -222,9 +223,9 @@ def test_feature_tensors_are_never_taken_for_per_token_inputs() -> None:
     exs = audio_examples("tiny_qwen2_audio", (1.0, 1.0))
     short = proc.prompt_length("Which emotion?", [], audio=exs[0]["audio"])
     exs[0]["query"] = "Which emotion?" + " so" * (frames - short)  # " so" is one token: the prompt is `frames` wide
-    assert collate(proc, exs, "generate")["inputs"]["input_ids"].shape[1] == frames
+    assert collate(proc, exs, "generate").inputs["input_ids"].shape[1] == frames
     batch = collate(proc, exs)
-    assert batch["inputs"]["feature_attention_mask"].shape == (2, frames)  # left as the processor gave it
+    assert batch.inputs["feature_attention_mask"].shape == (2, frames)  # left as the processor gave it
     assert {"input_features", "feature_attention_mask"} <= proc.media_inputs
 
 
@@ -308,8 +309,9 @@ def test_a_clip_as_one_video(name: str) -> None:
            {"query": "q really", "images": frames[:2], "as_video": False, "response": "joy"}]
     args = ([e["query"] for e in exs], [e["images"] for e in exs])
     flags = [e["as_video"] for e in exs]
-    batch = proc(*args, [e["response"] for e in exs], as_video=flags)
-    assert any("video" in k for k in batch["inputs"])
+    encoded = proc(*args, [e["response"] for e in exs], as_video=flags)
+    batch = TrainBatch(encoded["inputs"], encoded["labels"], tasks=["mer", "mer"], ids=["a", "b"])
+    assert any("video" in k for k in batch.inputs)
     out = bb.loss(batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"])

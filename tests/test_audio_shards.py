@@ -6,6 +6,7 @@ checked against the JSON and the shard hash that the code before this change wro
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -16,10 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emoverse.amt.build import write_tar
 from emoverse.data.audio import AUDIO_KEY, SAMPLE_RATE, decode_audio, encode_audio
 from emoverse.data.record import AMTLabels, AMTRecord, Utterance
-from emoverse.data.shards import CorruptShardError, ShardIndex, stream_records, write_shards
+from emoverse.data.shards import CorruptShardError, ShardIndex, stream_records, write_shard, write_shards
 
 
 def wave(seconds: float = 0.5, hz: float = 330.0) -> np.ndarray:
@@ -33,12 +33,21 @@ def record(i: int, audio: np.ndarray | bytes | None = None, split: str = "train"
                      frames=frames, peak_frame=1, audio=audio)
 
 
+TINY_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hnPk1xeXBk"
+    "eFxlZ2P/wAALCAABAAEBAREA/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEG"
+    "E1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJ"
+    "ipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/9oACAEBAAA/ACv/2Q==")
+"""A 1x1 grey JPEG (the writer decodes every frame it is given as bytes)."""
+
+
 def golden_records() -> list[AMTRecord]:
-    """The records whose JSON and `write_tar` shard were recorded with the code before audio existed."""
+    """The records whose JSON and shard were recorded with the code before audio existed (the shard hash: the
+    AMT builder's own writer before the one validated `write_shard` replaced it, on the same records)."""
     rec = AMTRecord(id="ecf_c1_u2", source="ecf", split="train", text="I can’t believe it!", speaker="Rachel",
                     dialogue_id="ecf_c1", turn=2, context=[Utterance(1, "Ross", "Guess what.", "neutral")],
                     labels=AMTLabels(emotion="surprise", au_caption="Jaw drop.", cause_pairs=[(2, 1, "surprise")]),
-                    frames=[b"\xff\xd8frame0", b"\xff\xd8frame1"], peak_frame=1)
+                    frames=[TINY_JPEG, TINY_JPEG], peak_frame=1)
     return [rec, AMTRecord(id="mosei_x_1", source="mosei", split="train", text="ok",
                            labels=AMTLabels(sentiment=0.6666667))]
 
@@ -48,19 +57,19 @@ GOLDEN_JSON = ('{"id": "ecf_c1_u2", "source": "ecf", "split": "train", "text": "
                '[[2, 1, "surprise"]]}, "speaker": "Rachel", "dialogue_id": "ecf_c1", "turn": 2, "context": '
                '[{"turn": 1, "speaker": "Ross", "text": "Guess what.", "emotion": "neutral"}], "peak_frame": 1, '
                '"num_frames": 2}')
-GOLDEN_TAR_SHA256 = "54fc413e671c1aa6a11c0d67790f42bd41bbe96679af9cd69b4bc59aa0c38bf8"
+GOLDEN_TAR_SHA256 = "c4cf1fe6f2e44cacf55f5881253c5369065fc5da15afbb0e2867d60f652a1718"
 
 
 def test_audio_less_records_are_stored_byte_for_byte_as_before(tmp_path: Path) -> None:
     records = golden_records()
     assert records[0].to_json() == GOLDEN_JSON
-    write_tar(records, tmp_path / "a.tar")
+    write_shard(records, tmp_path / "a.tar", "train")
     assert hashlib.sha256((tmp_path / "a.tar").read_bytes()).hexdigest() == GOLDEN_TAR_SHA256
     # the same record with audio differs only by the flag and the member
     records[0].audio = wave()
     meta = json.loads(records[0].to_json())
     assert meta.pop("audio") == AUDIO_KEY and meta == json.loads(GOLDEN_JSON)
-    write_tar(records, tmp_path / "b.tar")
+    write_shard(records, tmp_path / "b.tar", "train")
     with tarfile.open(tmp_path / "b.tar") as tar:
         assert [m.name for m in tar] == ["ecf_c1_u2.json", "ecf_c1_u2.f0.jpg", "ecf_c1_u2.f1.jpg",
                                          f"ecf_c1_u2.{AUDIO_KEY}", "mosei_x_1.json"]

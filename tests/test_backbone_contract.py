@@ -61,7 +61,7 @@ def test_the_trained_stop_is_an_end_of_turn_token(name: str) -> None:
     stop = proc.end_ids[-1]
     special = {i for i, t in proc.tokenizer.added_tokens_decoder.items() if t.special}
     assert stop in proc.stop_ids and stop in special, proc.tokenizer.convert_ids_to_tokens(proc.end_ids)
-    labels = AMTCollator(proc, "train")(examples((1,)))["labels"][0]
+    labels = AMTCollator(proc, "train")(examples((1,))).labels[0]
     assert labels[labels != -100][-1] == stop
 
 
@@ -86,8 +86,8 @@ def test_training_is_causal(name: str) -> None:
     bb = with_lora(name).eval()
     ex = [{**examples((1,))[0], "response": "Positive because the person says great news"}]
     batch = AMTCollator(bb.processor, "train")(ex)
-    inputs = dict(batch["inputs"])
-    last = int((batch["labels"][0] != -100).nonzero().max())
+    inputs = dict(batch.inputs)
+    last = int((batch.labels[0] != -100).nonzero().max())
     width = inputs["input_ids"].shape[1]
     keep = torch.arange(width)
     with torch.no_grad():
@@ -105,8 +105,8 @@ def test_loss_equals_a_full_logit_reference(name: str) -> None:
     batch = AMTCollator(bb.processor, "train")(examples())
     with torch.no_grad():
         got = bb.loss(batch)["loss"]
-        full = bb.core(**bb.cast_inputs(batch["inputs"]), use_cache=False).logits
-    want = nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten())
+        full = bb.core(**bb.cast_inputs(batch.inputs), use_cache=False).logits
+    want = nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten())
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -117,7 +117,7 @@ HF = [n for n in TINY if isinstance(create_backbone(n), HFVisionLanguageBackbone
 def test_only_inputs_forward_takes_reach_it(name: str) -> None:
     bb = create_backbone(name)
     batch = AMTCollator(bb.processor, "train")(examples())
-    assert set(batch["inputs"]) <= bb.processor.input_names and "labels" not in batch["inputs"]
+    assert set(batch.inputs) <= bb.processor.input_names and "labels" not in batch.inputs
 
 
 def test_paligemma_processor_labels_are_dropped_and_the_answer_is_causal_suffix() -> None:
@@ -127,18 +127,18 @@ def test_paligemma_processor_labels_are_dropped_and_the_answer_is_causal_suffix(
     raw = proc.processor(text=[text], images=[[Image.new("RGB", (32, 32))]], return_tensors="pt")
     assert "labels" in raw  # what the processor returns, and forward would compute its own loss on
     batch = AMTCollator(proc, "train")(examples())
-    assert "labels" not in batch["inputs"]
-    answer = batch["labels"] != -100
-    types = batch["inputs"]["token_type_ids"]
-    assert (types[answer] == 1).all() and (types[batch["inputs"]["attention_mask"].bool() & ~answer] == 0).all()
+    assert "labels" not in batch.inputs
+    answer = batch.labels != -100
+    types = batch.inputs["token_type_ids"]
+    assert (types[answer] == 1).all() and (types[batch.inputs["attention_mask"].bool() & ~answer] == 0).all()
 
 
 def test_paligemma_training_marks_the_answer_as_generation_does() -> None:
     bb = with_lora("tiny_paligemma").eval()
     ex = examples((1,))
-    prompt = AMTCollator(bb.processor, "generate")(ex)["inputs"]
+    prompt = AMTCollator(bb.processor, "generate")(ex).inputs
     new = bb.generate_ids(prompt, 3)  # generation gives each new token token_type_ids 1
-    trained = AMTCollator(bb.processor, "train")([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}])["inputs"]
+    trained = AMTCollator(bb.processor, "train")([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}]).inputs
     n = prompt["input_ids"].shape[1]
     assert trained["token_type_ids"][0, n:n + 3].tolist() == [1, 1, 1]
 
@@ -146,10 +146,10 @@ def test_paligemma_training_marks_the_answer_as_generation_does() -> None:
 def test_mllama_cross_attention_mask_covers_the_answer() -> None:
     proc = create_backbone("tiny_mllama").processor
     batch = AMTCollator(proc, "train")(examples((1, 2)))
-    mask, inputs = batch["inputs"]["cross_attention_mask"], batch["inputs"]
+    mask, inputs = batch.inputs["cross_attention_mask"], batch.inputs
     assert mask.shape[:2] == inputs["input_ids"].shape and mask.dim() == 4
     for b in range(2):
-        answer = (batch["labels"][b] != -100).nonzero().squeeze(1)
+        answer = (batch.labels[b] != -100).nonzero().squeeze(1)
         prompt_end = int(answer.min()) - 1
         # each answer token sees the frames the last prompt token sees (Mllama's generation rule)
         assert all(torch.equal(mask[b, t], mask[b, prompt_end]) for t in answer.tolist())
@@ -230,7 +230,7 @@ def test_per_token_input_that_generation_does_not_extend_is_named() -> None:
     inputs = proc.encode(["<|user|>\nq<|end|>\n"], [[]])
     inputs["novel_mask"] = torch.ones_like(inputs["input_ids"])
     with pytest.raises(ValueError, match=r"processor outputs \['novel_mask'\] have one entry per prompt token"):
-        proc._append_responses(inputs, [[5, 6]])
+        proc.append_responses(inputs, [[5, 6]])
 
 
 def test_registry_lists_the_new_families() -> None:
@@ -266,12 +266,12 @@ def test_merged_export_reloads_and_generates_the_same(name: str, tmp_path) -> No
     nudge_trained(module, 0.05)
     module.eval()
     batch = AMTCollator(module.processor, "generate")(examples((1, 2)))
-    before = module.backbone.generate_ids(batch["inputs"], 5)
+    before = module.backbone.generate_ids(batch.inputs, 5)
     images_kwargs = module.backbone.processor.images_kwargs
     export_merged(module, tmp_path)
     reloaded = HFVisionLanguageBackbone(str(tmp_path), images_kwargs=images_kwargs).eval()
     assert reloaded.processor.stop_ids == module.backbone.processor.stop_ids
-    assert torch.equal(reloaded.generate_ids(AMTCollator(reloaded.processor, "generate")(examples((1, 2)))["inputs"], 5), before)
+    assert torch.equal(reloaded.generate_ids(AMTCollator(reloaded.processor, "generate")(examples((1, 2))).inputs, 5), before)
 
 
 @pytest.mark.slow
@@ -296,3 +296,52 @@ def test_family_fits_exports_and_reloads_through_the_cli(name: str, demo_amt, tm
     reloaded = HFVisionLanguageBackbone(str(tmp_path / "out"),
                                         images_kwargs=create_backbone(name).processor.images_kwargs).eval()
     assert len(reloaded.generate(AMTCollator(reloaded.processor, "generate")(examples((1,))), [4])) == 1
+
+
+def test_decoder_blocks_are_found_under_a_causal_lm_wrapper() -> None:
+    """Llama 4's language model is a `Llama4ForCausalLM` whose blocks sit under `.model` (issue 24)."""
+    import transformers as tf
+
+    from emoverse.backbones.base import decoder_blocks
+
+    config = tf.Llama4TextConfig(vocab_size=64, hidden_size=32, intermediate_size=32, intermediate_size_mlp=64,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                 num_local_experts=2, interleave_moe_layer_step=1, moe_layers=[0, 1])
+    lm = tf.Llama4ForCausalLM(config)
+    path, blocks = decoder_blocks(lm)
+    assert path == "model.layers" and blocks is lm.model.layers
+    default, every = lora_candidates(lm)
+    assert "model.layers.0.self_attn.q_proj" in default and "model.layers.1.self_attn.o_proj" in default
+    assert not [p for p in every if p.endswith(".router")]
+    assert not [p for p in default if ".experts." in p]
+    assert decoder_blocks(lm.model)[0] == "layers"  # the base model, as before
+
+
+def test_a_tiny_llama4_vlm_takes_default_lora_targets() -> None:
+    """`Llama4ForConditionalGeneration` used to stop: "Llama4ForCausalLM has no ModuleList of decoder blocks"."""
+    import transformers as tf
+
+    from emoverse.backbones.hf_vlm import HFVisionLanguageBackbone
+    from emoverse.backbones.tiny import tiny_tokenizer
+    from emoverse.backbones.tiny_hf import chat_template
+
+    markers = ("<|image_start|>", "<|image|>", "<|patch|>", "<|image_end|>", "<|tile_x_separator|>", "<|tile_y_separator|>")
+    tok = tiny_tokenizer(extra_tokens=markers, named_tokens={"boi_token": "<|image_start|>", "eoi_token": "<|image_end|>",
+                                                             "image_token": "<|image|>"})
+    text = tf.Llama4TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=32, intermediate_size_mlp=64,
+                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                               num_local_experts=2, interleave_moe_layer_step=1, moe_layers=[0, 1])
+    vision = tf.Llama4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=32, patch_size=16, vision_output_dim=32, projector_input_dim=32,
+                                   projector_output_dim=32, pixel_shuffle_ratio=0.5)
+    config = tf.Llama4Config(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                             image_token_index=tok.convert_tokens_to_ids("<|patch|>"))
+    processor = tf.Llama4Processor(image_processor=tf.Llama4ImageProcessor(size={"height": 32, "width": 32}, max_patches=1),
+                                   tokenizer=tok, patch_size=16, pixel_shuffle_ratio=0.5,
+                                   chat_template=chat_template("<|image|>"))
+    bb = HFVisionLanguageBackbone(tf.Llama4ForConditionalGeneration(config), processor)
+    bb.add_lora(8, 32, 0.0)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in bb.core.named_modules() if n.endswith("lora_A")}
+    assert "language_model.model.layers.0.self_attn.q_proj" in adapted
+    assert all(n.startswith("language_model.model.layers.") for n in adapted)
+    assert not [n for n in adapted if n.endswith(".router") or ".experts." in n]

@@ -76,7 +76,7 @@ def test_tokenizer_is_deterministic_and_has_a_chat_template() -> None:
 def test_forward_backward_trains_projector_and_lora_only(name: str) -> None:
     bb = with_lora(name)
     batch = AMTCollator(bb.processor, "train")(examples())
-    labels = batch["labels"]
+    labels = batch.labels
     # the labels are exactly the response and the end-of-turn marker
     want = bb.processor.tokenize("Positive") + bb.processor.end_ids
     assert [t for t in labels[0].tolist() if t != -100] == want
@@ -113,7 +113,7 @@ def test_batched_generation_equals_one_at_a_time(name: str) -> None:
     bb = with_lora(name).eval()
     exs = examples((1, 2, 1))
     batch = AMTCollator(bb.processor, "generate")(exs)
-    assert len(set(batch["inputs"]["attention_mask"].sum(1).tolist())) == 3  # real left padding
+    assert len(set(batch.inputs["attention_mask"].sum(1).tolist())) == 3  # real left padding
     together = bb.generate(batch, [6, 6, 6])
     alone = [bb.generate(AMTCollator(bb.processor, "generate")([ex]), [6])[0] for ex in exs]
     assert together == alone
@@ -123,7 +123,7 @@ def test_batched_generation_equals_one_at_a_time(name: str) -> None:
 def test_prompt_length_is_exact(name: str) -> None:
     bb = create_backbone(name)
     exs = examples((1, 2))
-    got = AMTCollator(bb.processor, "generate")(exs)["inputs"]["attention_mask"].sum(1).tolist()
+    got = AMTCollator(bb.processor, "generate")(exs).inputs["attention_mask"].sum(1).tolist()
     assert [bb.processor.prompt_length(e["query"], e["images"]) for e in exs] == got
 
 
@@ -156,7 +156,7 @@ def test_hf_family_loads_back_from_a_saved_folder(name: str, tmp_path: Path) -> 
     assert loaded.core.training, "from_pretrained returns eval mode; training needs train mode (dropout)"
     assert loaded.part_paths() == saved.part_paths()
     batch = AMTCollator(saved.processor, "train")(examples())
-    assert torch.equal(AMTCollator(loaded.processor, "train")(examples())["inputs"]["input_ids"], batch["inputs"]["input_ids"])
+    assert torch.equal(AMTCollator(loaded.processor, "train")(examples()).inputs["input_ids"], batch.inputs["input_ids"])
     saved.eval(), loaded.eval()
     assert torch.allclose(saved.loss(batch)["loss"], loaded.loss(batch)["loss"])
 

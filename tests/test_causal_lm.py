@@ -56,7 +56,7 @@ def test_the_chat_template_renders_the_prompt_and_the_trained_stop_ends_generati
     text = proc.render(proc.messages("How?", 0, system_prompt="Be brief."), add_generation_prompt=True)
     assert text == "<|system|>\nBe brief.<|end|>\n<|user|>\nHow?<|end|>\n<|assistant|>\n"
     batch = AMTCollator(proc, "train")(examples())
-    labels = batch["labels"][0]
+    labels = batch.labels[0]
     assert labels[labels != -100].tolist() == proc.tokenize("Positive") + proc.end_ids
     assert proc.end_ids[-1] in proc.stop_ids
 

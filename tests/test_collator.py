@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from emoverse.backbones import create_backbone
+from emoverse.data.batches import GenerationBatch
 from emoverse.data.collator import IGNORE_INDEX, AMTCollator
 from emoverse.data.dataset import make_example
 from emoverse.data.record import AMTLabels, AMTRecord, Utterance
@@ -27,9 +28,9 @@ def test_labels_cover_exactly_the_response(processor) -> None:
     tok = processor.tokenizer
     batch = AMTCollator(processor, "train")([_example("How do they feel?", "Joy."),
                                               _example("A much longer question about feelings?", "Sadness.", 4)])
-    ids, mask = batch["inputs"]["input_ids"], batch["inputs"]["attention_mask"]
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
     for b, response in enumerate(["Joy.", "Sadness."]):
-        labels = batch["labels"][b]
+        labels = batch.labels[b]
         kept = labels[labels != IGNORE_INDEX].tolist()
         assert tok.decode(kept) == response + "<|end|>"  # up to the stop token generation ends on
         # the kept labels are one contiguous run that ends at the last real token
@@ -42,22 +43,22 @@ def test_labels_cover_exactly_the_response(processor) -> None:
 
 def test_visual_placeholders_come_first_in_the_user_turn(processor) -> None:
     batch = AMTCollator(processor, "train")([_example("q", "Joy.", frames=3)])
-    ids = batch["inputs"]["input_ids"][0].tolist()
+    ids = batch.inputs["input_ids"][0].tolist()
     n = 3 * processor.tokens_per_image
     prefix = processor.tokenize("<|user|>\n")
     assert ids[: len(prefix)] == prefix
     assert ids[len(prefix): len(prefix) + n] == [processor.image_token_id] * n
     assert ids.count(processor.image_token_id) == n
-    assert batch["inputs"]["pixel_values"].shape == (3, 3, processor.image_size, processor.image_size)
+    assert batch.inputs["pixel_values"].shape == (3, 3, processor.image_size, processor.image_size)
 
 
 def test_generate_mode_pads_left_and_stops_at_the_assistant_header(processor) -> None:
     tok = processor.tokenizer
     batch = AMTCollator(processor, "generate")([_example("short", "Joy."), _example("a rather longer query here", "Joy.")])
-    mask = batch["inputs"]["attention_mask"]
+    mask = batch.inputs["attention_mask"]
     assert mask[0, 0] == 0 and mask[1, 0] == 1 and mask[:, -1].all()
-    assert batch["labels"] is None
-    assert tok.decode(batch["inputs"]["input_ids"][0, -3:].tolist()).endswith("<|assistant|>\n")
+    assert isinstance(batch, GenerationBatch) and not hasattr(batch, "labels")  # prompts only
+    assert tok.decode(batch.inputs["input_ids"][0, -3:].tolist()).endswith("<|assistant|>\n")
 
 
 def _dialogue(turns: int) -> AMTRecord:
@@ -81,7 +82,7 @@ def test_long_dialogue_loses_its_oldest_turns_not_the_instruction() -> None:
     assert "1_neutral." not in ex["query"] and "39_neutral." in ex["query"]  # the oldest turns went first
     assert ex["response"] == "40_surprise,40"  # the cause in the dropped turn 1 is no longer answerable
     batch = AMTCollator(processor, "train")([ex])
-    assert batch["inputs"]["input_ids"].shape[1] <= 420 and batch["num_truncated"] == 1
+    assert batch.inputs["input_ids"].shape[1] <= 420 and batch.num_truncated == 1
 
 
 def test_no_room_even_without_context_names_the_record() -> None:

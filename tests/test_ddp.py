@@ -33,12 +33,12 @@ class _RecordPairs(pl.Callback):
                          for i, t in single.draws(epoch)]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.pairs += [[trainer.current_epoch, i, t] for i, t in zip(batch["ids"], batch["tasks"], strict=True)]
+        self.pairs += [[trainer.current_epoch, i, t] for i, t in zip(batch.ids, batch.tasks, strict=True)]
         self.batches += 1
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if not trainer.sanity_checking:
-            self.val_ids += [f"{i}/{t}" for i, t in zip(batch["ids"], batch["tasks"], strict=True)]
+            self.val_ids += [f"{i}/{t}" for i, t in zip(batch.ids, batch.tasks, strict=True)]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         record = {"pairs": self.pairs, "batches": self.batches, "steps": trainer.global_step,

@@ -75,7 +75,7 @@ def test_batched_generation_equals_one_at_a_time(small_amt, module):
     examples = mixed_examples(small_amt, module)
     collate = AMTCollator(module.processor, "generate")
     batch = collate(examples)
-    lengths = batch["inputs"]["attention_mask"].sum(1)
+    lengths = batch.inputs["attention_mask"].sum(1)
     assert len(set(lengths.tolist())) >= 4  # prompts of mixed lengths: real left padding
 
     calls: list[dict[str, Any]] = []
@@ -91,7 +91,7 @@ def test_batched_generation_equals_one_at_a_time(small_amt, module):
 
     # Position ids count real tokens only (left pads do not shift them) and continue while decoding.
     prefill, step = calls[0]["position_ids"], calls[1]["position_ids"]
-    width = batch["inputs"]["attention_mask"].shape[1]
+    width = batch.inputs["attention_mask"].shape[1]
     for row, n in enumerate(lengths.tolist()):
         assert prefill[row, width - n:].tolist() == list(range(n))
         assert step[row].tolist() == [n]
@@ -114,7 +114,7 @@ def oracle_on_even_rows(module: EmoVerseModule, monkeypatch: pytest.MonkeyPatch)
     def generate(backbone: Any, batch: dict[str, Any], tasks: Any, max_new_tokens: int | None = None) -> list[str]:
         texts = real(backbone, batch, tasks, max_new_tokens)
         return [module.tasks[t].response(r) if i % 2 == 0 else x
-                for i, (t, r, x) in enumerate(zip(batch["tasks"], batch["records"], texts, strict=True))]
+                for i, (t, r, x) in enumerate(zip(batch.tasks, batch.records, texts, strict=True))]
 
     monkeypatch.setattr(evaluation, "generate", generate)
 
@@ -167,7 +167,7 @@ def test_unreadable_generations_count_as_unparsed(small_amt, module, monkeypatch
         junk = {"msa": ["Negative. " * 300, "42 17"], "mer": ["\x00\ufffd", "-1"], "fer": ["   "], "eri": [""],
                 "ecpe": ["blah ¿?", "7_joy,99"]}  # "7_joy,99": a pair whose cause is out of range
         monkeypatch.setattr(evaluation, "generate", lambda backbone, batch, tasks, max_new_tokens=None: [
-            junk[t][i % len(junk[t])] for i, t in enumerate(batch["tasks"])])
+            junk[t][i % len(junk[t])] for i, t in enumerate(batch.tasks)])
     dm = datamodule(small_amt, module, max_eval_per_task=6)
     results = trainer().validate(module, dm)[0]
     rows = {t: len(dm.datasets["val"].pairs([t])[:6]) for t in TASKS}
@@ -201,8 +201,8 @@ def test_analyze_ecpe_uses_context_and_mer_emotion(module, monkeypatch):
     answers = {"msa": "Positive.", "mer": "Happy.", "ecpe": "3_joy,1;3_joy,3"}
 
     def generate(backbone: Any, batch: dict[str, Any], tasks: Any, max_new_tokens: int | None = None) -> list[str]:
-        asked.append(batch["queries"])
-        return [answers[t] for t in batch["tasks"]]
+        asked.append(batch.queries)
+        return [answers[t] for t in batch.tasks]
 
     monkeypatch.setattr(evaluation, "generate", generate)
     context = [{"speaker": "Ross", "text": "Guess what, I got the job.", "emotion": "neutral"},

@@ -51,20 +51,20 @@ EXAMPLES = [{"id": f"r{i}", "task": "mer", "query": "Which emotion?" + " Really?
 def test_merged_hf_export_generates_the_same_tokens(name: str, tmp_path: Path) -> None:
     module = trained(name)
     batch = AMTCollator(module.processor, "generate")(EXAMPLES)
-    before = module.backbone.generate_ids(batch["inputs"], 6)
+    before = module.backbone.generate_ids(batch.inputs, 6)
     export_merged(module, tmp_path)
     assert not list(tmp_path.glob("*.bin")) and list(tmp_path.glob("*.safetensors"))
     model = AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert not any("lora_" in k for k in model.state_dict())
     reloaded = HFVisionLanguageBackbone(model, AutoProcessor.from_pretrained(tmp_path)).eval()
-    assert torch.equal(reloaded.generate_ids(batch["inputs"], 6), before)
+    assert torch.equal(reloaded.generate_ids(batch.inputs, 6), before)
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_qwen2_mlp"])
 def test_merged_composed_export_rebuilds_from_the_folder_alone(name: str, tmp_path: Path) -> None:
     module = trained(name)
     batch = AMTCollator(module.processor, "generate")(EXAMPLES)
-    before = module.backbone.generate_ids(batch["inputs"], 6)
+    before = module.backbone.generate_ids(batch.inputs, 6)
     vision_state = {k: v.clone() for k, v in module.backbone.part("vision").state_dict().items()}
     export_merged(module, tmp_path)
     config = json.loads((tmp_path / "composed.json").read_text())
@@ -75,7 +75,7 @@ def test_merged_composed_export_rebuilds_from_the_folder_alone(name: str, tmp_pa
     assert saved.keys() == vision_state.keys() and all(torch.equal(saved[k], vision_state[k]) for k in saved)
     rebuilt = load_composed(tmp_path)  # timm encoder from composed.json, nothing from `module`
     assert isinstance(rebuilt.core, ComposedModel) and rebuilt.core.pool == config["pool"]
-    assert torch.equal(rebuilt.eval().generate_ids(batch["inputs"], 6), before)
+    assert torch.equal(rebuilt.eval().generate_ids(batch.inputs, 6), before)
 
 
 def test_load_composed_names_a_missing_config(tmp_path: Path) -> None:

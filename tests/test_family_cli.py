@@ -64,6 +64,6 @@ def test_family_fits_exports_and_the_export_generates_what_the_checkpoint_does(
 
     restored = EmoVerseModule.load_from_checkpoint(ckpt, weights_only=True).eval()
     prompts = examples((1, 2))
-    want = restored.backbone.generate_ids(AMTCollator(restored.processor, "generate")(prompts)["inputs"], 4)
-    got = exported.generate_ids(AMTCollator(exported.processor, "generate")(prompts)["inputs"], 4)
+    want = restored.backbone.generate_ids(AMTCollator(restored.processor, "generate")(prompts).inputs, 4)
+    got = exported.generate_ids(AMTCollator(exported.processor, "generate")(prompts).inputs, 4)
     assert torch.equal(got, want)

@@ -220,7 +220,7 @@ def test_long_utterance_is_written_read_and_fits_the_context_or_is_named(tmp_pat
     except ValueError as err:
         assert "record r0" in str(err) and "context" in str(err)
     else:
-        assert batch["input_ids"].shape[1] <= tiny_module.processor.max_length
+        assert batch.inputs["input_ids"].shape[1] <= tiny_module.processor.max_length
 
 
 # ECPE: a pair about another utterance --------------------------------------------------------------

@@ -13,7 +13,6 @@ import torch
 from emoverse import AMTDataModule, EmoVerseModule, create_backbone
 from emoverse.backbones import ComposedBackbone
 from emoverse.cli import main
-from emoverse.evaluation import move_to
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +29,7 @@ def test_qlora_step_on_a_4bit_llm(tmp_path: Path, demo_amt: Path) -> None:
     assert getattr(module.backbone.core.llm, "is_loaded_in_4bit", False)
     data = AMTDataModule(str(demo_amt), batch_size=4, processor=module.processor, tasks=module.tasks)
     data.setup("fit")
-    batch = move_to(next(iter(data.train_dataloader())), torch.device("cuda"))
-    batch["labels"] = batch["labels"].cuda()
+    batch = next(iter(data.train_dataloader())).to(torch.device("cuda"))
     loss = module(batch)["loss"]
     loss.backward()
     assert torch.isfinite(loss)

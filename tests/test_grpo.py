@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -17,16 +16,13 @@ from emoverse import AMTDataModule, EmoVerseModule, Stage
 from emoverse.backbones.base import Sampling
 from emoverse.checkpointing import ResumableCheckpoint
 from emoverse.curriculum import Curriculum, MultiStageCurriculum
-from emoverse.curriculum.stage import GRPOSettings
-from emoverse.data import make_demo_amt
-from emoverse.grpo import (
+from emoverse.data import GroupBatch, make_demo_amt
+from emoverse.objectives import GRPO, SFT
+from emoverse.objectives.grpo import group_advantages, grpo_loss, grpo_step, kl_estimate
+from emoverse.objectives.sampling import (
     answer_inputs,
-    check_grpo_stages,
+    check_sampling_stage,
     cut_answers,
-    group_advantages,
-    grpo_loss,
-    grpo_step,
-    kl_estimate,
     reference_policy,
     token_logprobs,
 )
@@ -129,23 +125,22 @@ def test_cut_answers_stop_at_the_first_stop_token_within_the_budget():
 
 def test_grpo_settings_are_validated_naming_the_field():
     stage = Stage(name="rl", ratios={"mer": 1}, objective="grpo")
-    assert stage.grpo == GRPOSettings()
-    assert Stage(name="rl", ratios={"mer": 1}, objective="grpo", grpo={"group_size": 8}).grpo.group_size == 8
-    bad = [({"group_size": 1}, r"Stage 'rl': grpo.group_size=1, expected an int >= 2"),
-           ({"beta": -0.1}, r"Stage 'rl': grpo.beta=-0.1, expected a finite float >= 0"),
-           ({"clip_eps": 0}, r"grpo.clip_eps=0, expected a finite float > 0"),
-           ({"temperature": 0.0}, r"grpo.temperature=0.0"),
-           ({"top_p": 1.5}, r"grpo.top_p=1.5, expected a float in \(0, 1\]"),
-           ({"max_new_tokens": {"mer": 0}}, r"grpo.max_new_tokens\['mer'\]=0"),
-           ({"max_new_tokens": {"eri": 8}}, r"grpo.max_new_tokens names task\(s\) \['eri'\] the stage does not draw"),
-           ({"G": 4}, r"grpo has unknown setting\(s\) \['G'\]"),
-           ({"reference": "sft"}, r"grpo.reference='sft', expected 'base' or 'stage_start'")]
+    assert isinstance(stage.objective, GRPO) and stage.objective.group_size == 4  # the short form: the defaults
+    assert isinstance(Stage(name="sft", ratios={"mer": 1}).objective, SFT)  # omitted: supervised
+    assert Stage(name="rl", ratios={"mer": 1}, objective=GRPO(group_size=8)).objective.group_size == 8
+    bad = [({"group_size": 1}, r"GRPO: group_size=1, expected an int >= 2"),
+           ({"beta": -0.1}, r"GRPO: beta=-0.1, expected a finite float >= 0"),
+           ({"clip_eps": 0}, r"GRPO: clip_eps=0, expected a finite float > 0"),
+           ({"temperature": 0.0}, r"GRPO: temperature=0.0"),
+           ({"top_p": 1.5}, r"GRPO: top_p=1.5, expected a float in \(0, 1\]"),
+           ({"max_new_tokens": {"mer": 0}}, r"GRPO: max_new_tokens\['mer'\]=0"),
+           ({"reference": "sft"}, r"GRPO: reference='sft', expected 'base' or 'stage_start'")]
     for settings, message in bad:
         with pytest.raises(ValueError, match=message):
-            Stage(name="rl", ratios={"mer": 1}, objective="grpo", grpo=settings)
-    with pytest.raises(ValueError, match=r"Stage 'sft': grpo settings given but objective='sft'"):
-        Stage(name="sft", ratios={"mer": 1}, grpo={"group_size": 4})
-    with pytest.raises(ValueError, match=r"objective='ppo', expected one of \['sft', 'grpo'\]"):
+            GRPO(**settings)
+    with pytest.raises(ValueError, match=r"Stage 'rl': GRPO.max_new_tokens names task\(s\) \['eri'\] the stage does not draw"):
+        Stage(name="rl", ratios={"mer": 1}, objective=GRPO(max_new_tokens={"eri": 8}))
+    with pytest.raises(ValueError, match=r"Stage 'x': objective='ppo', expected an Objective .* or one of \['grpo', 'preference', 'sft'\]"):
         Stage(name="x", ratios={"mer": 1}, objective="ppo")
 
 
@@ -156,13 +151,13 @@ def test_a_grpo_stage_refuses_tasks_without_reward_and_backbones_that_cannot_sam
         has_reward = False
 
     with pytest.raises(ValueError, match=r"Stage 'rl' \(objective: grpo\): ratios names task\(s\) \['mer'\] without a reward"):
-        check_grpo_stages([stage], {"mer": NoReward()}, tiny_module.backbone)
+        check_sampling_stage(stage, {"mer": NoReward()}, tiny_module.backbone, "grpo")
 
     class Mute:
         can_sample = False
 
     with pytest.raises(ValueError, match=r"Stage 'rl' \(objective: grpo\): backbone Mute cannot generate"):
-        check_grpo_stages([stage], tiny_module.tasks, Mute())
+        check_sampling_stage(stage, tiny_module.tasks, Mute(), "grpo")
     with pytest.raises(ValueError, match=r"ratios names task\(s\) \['mer'\] the model does not have"):
         EmoVerseModule("tiny", tasks=["msa"], curriculum=Curriculum([stage]))
 
@@ -176,7 +171,7 @@ def small_amt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def group_batch(amt: Path, module: EmoVerseModule, stage: Stage) -> dict[str, Any]:
+def group_batch(amt: Path, module: EmoVerseModule, stage: Stage) -> GroupBatch:
     data = AMTDataModule(str(amt), batch_size=2, num_frames=2, processor=module.processor, tasks=module.tasks,
                          curriculum=Curriculum([stage]))
     data.setup("fit")
@@ -184,12 +179,13 @@ def group_batch(amt: Path, module: EmoVerseModule, stage: Stage) -> dict[str, An
 
 
 def test_group_batches_repeat_each_prompt_with_its_record(small_amt: Path, tiny_module: EmoVerseModule):
-    stage = Stage(name="rl", ratios={"msa": 1, "fer": 1}, objective="grpo", grpo={"group_size": 3})
+    stage = Stage(name="rl", ratios={"msa": 1, "fer": 1}, objective=GRPO(group_size=3))
     batch = group_batch(small_amt, tiny_module, stage)
-    assert batch["group_size"] == 3 and batch["labels"] is None
-    assert len(batch["ids"]) == 6 and batch["ids"][:3] == [batch["ids"][0]] * 3 and batch["ids"][3] != batch["ids"][2]
-    assert [r.id for r in batch["records"]] == batch["ids"]
-    ids = batch["inputs"]["input_ids"]
+    assert isinstance(batch, GroupBatch) and batch.group_size == 3 and batch.prompts == 2
+    assert len(batch.ids) == 6 and batch.ids[:3] == [batch.ids[0]] * 3 and batch.ids[3] != batch.ids[2]
+    assert [r.id for r in batch.records] == batch.ids
+    assert batch.draws == list(zip(batch.ids[::3], batch.tasks[::3]))
+    ids = batch.inputs["input_ids"]
     assert torch.equal(ids[0], ids[1]) and torch.equal(ids[0], ids[2])
 
 
@@ -199,18 +195,18 @@ def test_sampling_is_batched_seeded_and_runs_a_grpo_step_on_every_family(small_a
     (Qwen2-VL: flattened patches and M-RoPE): the global seed fixes the samples; a GRPO step runs."""
     torch.manual_seed(0)
     module = EmoVerseModule(name, tasks=["mer", "msa"])
-    stage = Stage(name="rl", ratios={"mer": 1, "msa": 1}, objective="grpo", grpo={"group_size": 2})
+    stage = Stage(name="rl", ratios={"mer": 1, "msa": 1}, objective=GRPO(group_size=2))
     batch = group_batch(small_amt, module, stage)
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
-        runs.append(module.backbone.generate_ids(batch["inputs"], 5, Sampling(2.0, 0.95)))
+        runs.append(module.backbone.generate_ids(batch.inputs, 5, Sampling(2.0, 0.95)))
     assert torch.equal(runs[0], runs[1]) and runs[0].shape[0] == 4 and runs[0].shape[1] <= 5
     # no image placeholder or chat marker is ever sampled (it would be read as one in the training forward)
     forbidden = set(module.processor.unsampled_ids)
     assert module.processor.image_token_id in forbidden if name == "tiny" else forbidden
     assert not forbidden & set(runs[0].flatten().tolist()) - {module.processor.pad_id}
-    out = grpo_step(module.backbone, batch, module.tasks, stage.grpo)
+    out = grpo_step(module.backbone, batch, module.tasks, stage.objective)
     assert torch.isfinite(out["loss"]) and float(out["kl"]) == 0.0  # fresh LoRA: the policy is the reference
 
 
@@ -219,18 +215,17 @@ def test_grpo_step_on_the_tiny_backbone(small_amt: Path):
     small step along them raises the log-probability of the answers with positive advantage."""
     torch.manual_seed(0)
     module = EmoVerseModule("tiny", lora_dropout=0.1)
-    stage = Stage(name="rl", ratios={"fer": 1, "eri": 1}, objective="grpo",
-                  grpo={"group_size": 4, "max_new_tokens": {"fer": 6, "eri": 6}})
+    stage = Stage(name="rl", ratios={"fer": 1, "eri": 1}, objective=GRPO(group_size=4, max_new_tokens={"fer": 6, "eri": 6}))
     batch = group_batch(small_amt, module, stage)
     # the random model's answers mostly tie on the real rewards; a reward that varies within groups
     for task in module.tasks.values():
-        task.reward = lambda text, record: float(len(text) % 5)
+        task.reward_breakdown = lambda text, record: {"correct": float(len(text) % 5)}
     module.train()
-    out = grpo_step(module.backbone, batch, module.tasks, stage.grpo)
+    out = grpo_step(module.backbone, batch, module.tasks, stage.objective)
     assert out["advantages"].abs().sum() > 0
     assert float(out["kl"]) == 0.0
-    assert len(out["rewards"]) == 8 and all(r >= 0 for r in out["rewards"])
-    assert all(1 <= n <= 6 for n in out["lengths"])
+    assert len(out["samples"].rewards) == 8 and all(r >= 0 for r in out["samples"].rewards)
+    assert all(1 <= n <= 6 for n in out["samples"].lengths)
     assert module.backbone.training and all(m.training for m in module.modules() if isinstance(m, torch.nn.Dropout))
     out["loss"].backward()
     lora = [p for n, p in module.named_parameters() if "lora_B" in n]
@@ -240,9 +235,9 @@ def test_grpo_step_on_the_tiny_backbone(small_amt: Path):
     module.zero_grad()
     torch.manual_seed(1)
     with torch.no_grad():
-        new = module.backbone.generate_ids(batch["inputs"], 6, Sampling(1.0, 1.0))
+        new = module.backbone.generate_ids(batch.inputs, 6, Sampling(1.0, 1.0))
     answers = cut_answers(new, [6] * 8, module.processor.stop_ids)
-    inputs, labels = answer_inputs(module.backbone, batch["inputs"], answers)
+    inputs, labels = answer_inputs(module.backbone, batch.inputs, answers)
     adv = torch.tensor([1.0, -1.0] * 4)
 
     def surrogate() -> torch.Tensor:
@@ -272,8 +267,8 @@ def stages(train: tuple[str, ...] = ("lora",)) -> list[Stage]:
     return [
         Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=2 * BATCH),
         Stage(name="reinforce", ratios={"msa": 1, "mer": 1}, epochs=1, samples_per_epoch=3 * BATCH, train=list(train),
-              lr=5e-4, schedule="stage", objective="grpo",
-              grpo={"group_size": 2, "max_new_tokens": {"msa": 4, "mer": 4}, "reference": "stage_start"}),
+              lr=5e-4, schedule="stage",
+              objective=GRPO(group_size=2, max_new_tokens={"msa": 4, "mer": 4}, reference="stage_start")),
     ]
 
 
@@ -290,8 +285,7 @@ class Recorder(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.stop_at:
             raise Stop
-        group = batch.get("group_size", 1)
-        self.pairs.extend(zip(batch["ids"][::group], batch["tasks"][::group]))
+        self.pairs.extend(batch.draws)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -347,10 +341,10 @@ class _RankLog(pl.Callback):
         self.out, self.prompts = out, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if "group_size" in batch:
-            group = batch["group_size"]
-            assert all(batch["ids"][k] == batch["ids"][k - k % group] for k in range(len(batch["ids"])))
-            self.prompts += [f"{i}/{t}" for i, t in zip(batch["ids"][::group], batch["tasks"][::group])]
+        if isinstance(batch, GroupBatch):
+            group = batch.group_size
+            assert all(batch.ids[k] == batch.ids[k - k % group] for k in range(len(batch.ids)))
+            self.prompts += [f"{i}/{t}" for i, t in batch.draws]
 
     def on_train_end(self, trainer, pl_module) -> None:
         import json

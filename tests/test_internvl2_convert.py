@@ -97,7 +97,7 @@ def test_release_layout_converts_to_the_same_network(family: str, tmp_path: Path
     assert all(torch.equal(converted[k], original[k]) for k in original)  # every split and rename exact
     ex = {"id": "r", "task": "msa", "query": "How does the speaker feel?", "response": "Positive",
           "images": [Image.new("RGB", (48, 40), (200, 30, 30))], "record": None}
-    inputs = AMTCollator(bb.processor, "generate")([ex])["inputs"]
+    inputs = AMTCollator(bb.processor, "generate")([ex]).inputs
     assert (inputs["input_ids"] == tok.convert_tokens_to_ids("<IMG_CONTEXT>")).sum() == 4  # 32 px tile, shuffle 0.5
     with torch.no_grad():
         assert torch.allclose(bb.core(**inputs).logits, model(**inputs).logits, atol=1e-5)

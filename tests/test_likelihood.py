@@ -4,6 +4,8 @@ one taken (lm-evaluation-harness multiple choice), from `evaluation.answer(close
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -57,7 +59,7 @@ def test_the_forced_choice_wins_and_its_score_is_the_answer_log_probability() ->
     assert set(rows[1]["choice_logprobs"]) == set(MER().choices)
     # the score is the summed log-probability of the choice's tokens after the prompt, from the full logits
     proc = module.processor
-    prompt = batch["inputs"]["input_ids"][0][batch["inputs"]["attention_mask"][0].bool()].tolist()
+    prompt = batch.inputs["input_ids"][0][batch.inputs["attention_mask"][0].bool()].tolist()
     tokens = proc.tokenize("Positive.")
     ids = torch.tensor([prompt + tokens])
     with torch.no_grad():
@@ -80,7 +82,8 @@ def test_ranking_keeps_the_frames_of_a_vision_backbone(name: str) -> None:
     batch = batch_for(module, ["msa", "msa"])
     scores = evaluation.choose(module.backbone, batch, module.tasks)
     assert all(set(s) == {"Positive.", "Negative."} and all(v < 0 for v in s.values()) for s in scores)
-    dark = {**batch, "inputs": {k: (torch.zeros_like(v) if k == "pixel_values" else v) for k, v in batch["inputs"].items()}}
+    dark = dataclasses.replace(batch, inputs={k: (torch.zeros_like(v) if k == "pixel_values" else v)
+                                              for k, v in batch.inputs.items()})
     assert evaluation.choose(module.backbone, dark, module.tasks)[0] != scores[0]  # the frames are read
 
 

@@ -7,6 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Collection
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -259,8 +260,19 @@ class PairDataset(Dataset):
         return len(RECORDS)
 
 
-def collate(items: list[dict]) -> dict:
-    return {"x": torch.stack([i["x"] for i in items]), "tasks": [i["task"] for i in items]}
+@dataclass
+class ToyBatch:
+    """A typed batch as RunReport reads one: its (record id, task) `draws`."""
+
+    x: torch.Tensor
+    draws: list[tuple[str, str]]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> ToyBatch:
+        return ToyBatch(self.x.to(device), self.draws)
+
+
+def collate(items: list[dict]) -> ToyBatch:
+    return ToyBatch(torch.stack([i["x"] for i in items]), [("r", i["task"]) for i in items])
 
 
 class ToyData(pl.LightningDataModule):
@@ -285,8 +297,8 @@ class ToyModule(pl.LightningModule):
     def set_trainable(self, parts: Collection[str]) -> list[nn.Parameter]:
         return []
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.layer(batch["x"]).pow(2).mean()
+    def training_step(self, batch: ToyBatch, batch_idx: int) -> torch.Tensor:
+        loss = self.layer(batch.x).pow(2).mean()
         self.log("train/loss", loss)
         return loss
 
@@ -425,7 +437,7 @@ def test_every_rank_makes_the_same_collectives(tmp_path: Path) -> None:
         report = RunReport()
         report.setup(trainer, module, "fit")
         report.on_train_epoch_start(trainer, module)
-        report.on_train_batch_end(trainer, module, None, {"tasks": ["msa"]}, 0)
+        report.on_train_batch_end(trainer, module, None, ToyBatch(torch.zeros(1), [("r", "msa")]), 0)
         report.on_train_epoch_end(trainer, module)
         report.on_fit_end(trainer, module)
     assert ranks[0].collectives == ranks[1].collectives
@@ -457,3 +469,18 @@ def test_modality_ablation_puts_the_sets_of_one_checkpoint_side_by_side(tmp_path
     assert "One modality set tested" not in section
     check_page(write_report(other))
     assert "One modality set tested" in (other / "report.html").read_text()
+
+
+def test_the_run_table_names_the_checkpoint_read_and_written(tmp_path: Path) -> None:
+    fit_dir = make_run(tmp_path / "lightning_logs" / "version_0", predictions=None)
+    (fit_dir / "checkpoints").mkdir()
+    (fit_dir / "checkpoints" / "epoch=1-step=9.ckpt").write_bytes(b"x")
+    last = fit_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    text = write_report(fit_dir).read_text()
+    assert f"wrote {last} (newest of 2)" in text and "<td>checkpoint</td><td>–</td>" not in text
+    test_dir = tmp_path / "lightning_logs" / "version_1"
+    test_dir.mkdir()
+    (test_dir / "config.yaml").write_text(yaml.safe_dump({"ckpt_path": str(last)}))
+    assert f"read {last}" in write_report(test_dir).read_text()
+    assert "none read or written" in write_report(make_run(tmp_path / "bare", predictions=None)).read_text()

@@ -60,7 +60,7 @@ class Recorder(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.stop_at:
             raise Stop(f"stopped after step {self.stop_at}")
-        self.batches.append(list(zip(batch["ids"], batch["tasks"])))
+        self.batches.append(list(zip(batch.ids, batch.tasks)))
 
 
 @pytest.fixture(scope="module")

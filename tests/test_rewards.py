@@ -124,3 +124,22 @@ def test_reward_needs_the_label():
     unlabelled = AMTRecord(id="x", source="demo", split="train", text="hi", labels=AMTLabels())
     with pytest.raises(ValueError, match="has no label for task 'mer'"):
         MER().reward("Joy.", unlabelled)
+
+
+def test_reward_terms_sum_to_the_reward_and_a_length_penalty_is_per_task():
+    rec = record()
+    for name in list_tasks():
+        task = get_task(name)
+        for text in (task.response(rec), "", "no idea at all"):
+            terms = task.reward_breakdown(text, rec)
+            assert set(terms) >= set(task.weights) and "length" not in terms  # off by default
+            assert sum(terms.values()) == pytest.approx(task.reward(text, rec)), (name, text)
+    eri = get_task("eri", length_penalty=0.05)
+    answer = eri.response(rec)
+    words = len(answer.split())
+    terms = eri.reward_breakdown(answer, rec)
+    assert terms["length"] == pytest.approx(-0.05 * words)
+    assert eri.reward(answer, rec) == pytest.approx(get_task("eri").reward(answer, rec) - 0.05 * words)
+    assert get_task("mer").length_penalty == 0.0  # per task: the others are untouched
+    with pytest.raises(ValueError, match=r"task 'eri': length_penalty=-1, expected a finite float >= 0"):
+        get_task("eri", length_penalty=-1)

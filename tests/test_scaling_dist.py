@@ -49,7 +49,7 @@ def _run_training(args: argparse.Namespace) -> None:
             self.losses: list[float] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.pairs += [[trainer.global_step, i, t] for i, t in zip(batch["ids"], batch["tasks"], strict=True)]
+            self.pairs += [[trainer.global_step, i, t] for i, t in zip(batch.ids, batch.tasks, strict=True)]
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.losses.append(float(outputs["loss"]))

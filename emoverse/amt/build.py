@@ -17,12 +17,10 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tarfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_all_start_methods, get_context
@@ -40,8 +38,9 @@ from emoverse.amt.sources.ecf import ECFSource
 from emoverse.amt.sources.meld import MELDSource
 from emoverse.amt.sources.mosei import MOSEISource
 from emoverse.amt.video import MediaError, read_clip
-from emoverse.data.audio import AUDIO_KEY, encode_audio, read_clip_audio
+from emoverse.data.audio import encode_audio, read_clip_audio
 from emoverse.data.record import AMTRecord
+from emoverse.data.shards import write_shard
 
 TASK_LABELS: dict[str, str] = {"msa": "sentiment", "mer": "emotion", "fer": "au_caption", "eri": "reason",
                                "ecpe": "cause_pairs"}
@@ -188,7 +187,7 @@ class ShardBuilder:
                 by_id[rid].labels.reason = reason
         job.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = job.path.with_name(f".{job.path.name}.tmp")
-        write_tar(records, tmp)
+        write_shard(records, tmp, job.split)  # validated as reading will check each record
         os.replace(tmp, job.path)
         with_audio = sum(r.audio is not None for r in records)
         for r in records:  # the media are on disk now; a one-process build would otherwise hold them all
@@ -241,22 +240,6 @@ class ShardBuilder:
             log.audio(r.id, r.source, r.split, "audio_cut", c.origin, got.detail)
         if got.wave is not None:
             r.audio = encode_audio(got.wave)
-
-
-def write_tar(records: Iterable[AMTRecord], path: Path) -> None:
-    """One shard in the `emoverse.data.shards` layout (`{id}.json`, `{id}.f{k}.jpg`, `{id}.audio.flac` when the
-    record has audio), byte-for-byte reproducible (fixed member order, mtime, owner)."""
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for rec in records:
-            members = [(f"{rec.id}.json", rec.to_json().encode())]
-            members += [(f"{rec.id}.f{k}.jpg", frame) for k, frame in enumerate(rec.frames)]
-            if rec.audio is not None:
-                audio = bytes(rec.audio) if isinstance(rec.audio, (bytes, bytearray)) else encode_audio(rec.audio)
-                members.append((f"{rec.id}.{AUDIO_KEY}", audio))
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o444
-                tar.addfile(info, io.BytesIO(data))
 
 
 def label_counts(records: Sequence[AMTRecord]) -> dict[str, int]:

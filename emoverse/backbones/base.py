@@ -17,18 +17,24 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from emoverse.backbones.processor import IGNORE_INDEX, BackboneProcessor, PromptTooLong
 
+if TYPE_CHECKING:
+    from emoverse.data.batches import GenerationBatch, TrainBatch
+
 __all__ = ["IGNORE_INDEX", "TRAIN_PARTS", "Backbone", "BackboneProcessor", "Part", "PartGroup", "PromptTooLong",
-           "Sampling", "decoder_blocks", "lora_candidates"]
+           "Sampling", "TrainPart", "decoder_blocks", "lora_candidates"]
 
 Part = Literal["vision", "audio", "projector", "language_model"]
-TRAIN_PARTS: tuple[str, ...] = ("projector", "lora", "vision", "audio")
+"""The modules a backbone names by path (`part_paths`)."""
+TrainPart = Literal["projector", "lora", "vision", "audio"]
+"""What trains, as a stage's `train` and `set_trainable` name it: a module part, or "lora" (the adapters)."""
+TRAIN_PARTS: tuple[str, ...] = get_args(TrainPart)
 
 
 @dataclass(frozen=True)
@@ -111,15 +117,18 @@ class Backbone(nn.Module, ABC):
         generation extends them) and reads the response-token loss, one forward per choice; a backbone whose model
         continues a KV cache does it in one prompt forward (`CausalLMBackbone`).
         """
+        from emoverse.data.batches import TrainBatch  # the data package imports the backbones
+
         device = inputs["input_ids"].device
         prompts = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         rows = inputs["input_ids"].shape[0]
         out = torch.empty(rows, len(choices))
         for c, tokens in enumerate(choices):
             # the rows [prompt; choice], right-padded, labels on the choice's tokens only (no end-of-turn)
-            full, labels = self.processor._append_responses(dict(prompts), [list(tokens)] * rows)
+            full, labels = self.processor.append_responses(dict(prompts), [list(tokens)] * rows)
             moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in full.items()}
-            out[:, c] = -self.loss({"inputs": moved, "labels": labels.to(device)})["sample_loss_sum"].float().cpu()
+            batch = TrainBatch(moved, labels.to(device), tasks=["choice"] * rows, ids=[str(i) for i in range(rows)])
+            out[:, c] = -self.loss(batch)["sample_loss_sum"].float().cpu()
         return out
 
     @property
@@ -226,15 +235,15 @@ class Backbone(nn.Module, ABC):
 
     # training and generation -----------------------------------------------------------------
 
-    def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         """Response-token cross-entropy: `loss` (mean over the batch's response tokens), and per example
         the summed token loss `sample_loss_sum` over its `sample_tokens` response tokens.
 
         A packed batch (`BackboneProcessor.pack`: one row, `packed_lengths`) gives the same per example."""
-        targets = batch["labels"][:, 1:]
+        targets = batch.labels[:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # positions where some row has a response
-        lengths = batch.get("packed_lengths")
-        inputs = batch["inputs"] if lengths is None else self.packed_inputs(batch["inputs"], lengths)
+        lengths = batch.packed_lengths
+        inputs = batch.inputs if lengths is None else self.packed_inputs(batch.inputs, lengths)
         logits = self.logits(inputs, keep)
         targets = targets[:, keep]
         token_loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
@@ -249,10 +258,10 @@ class Backbone(nn.Module, ABC):
         return {"loss": token_loss.sum() / counts.sum().clamp(min=1), "sample_loss_sum": sums, "sample_tokens": counts}
 
     @torch.no_grad()
-    def generate(self, batch: Mapping[str, Any], budgets: Sequence[int]) -> list[str]:
+    def generate(self, batch: GenerationBatch, budgets: Sequence[int]) -> list[str]:
         """Answer texts, row `i` cut at `budgets[i]` new tokens, so an answer does not depend on which
         other tasks share its batch."""
-        new = self.generate_ids(batch["inputs"], max(budgets))
+        new = self.generate_ids(batch.inputs, max(budgets))
         tok = self.processor.tokenizer
         return [tok.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new, budgets, strict=True)]
 
@@ -291,16 +300,22 @@ def _plain_linear(module: nn.Module) -> bool:
 
 
 def decoder_blocks(language_model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The language model's stack of decoder blocks: its `ModuleList` child (the one holding the most weights).
+    """The language model's stack of decoder blocks: of its outermost `ModuleList`s, found at any depth (a
+    `*ForCausalLM` such as Llama 4's holds its blocks under `.model`), the one holding the most weights.
+
+    Returns:
+        `(path relative to language_model, the ModuleList)`, e.g. `("layers", ...)` or `("model.layers", ...)`.
 
     Raises:
-        ValueError: the language model has no `ModuleList` child.
+        ValueError: the language model holds no `ModuleList`.
     """
-    lists = [(n, m) for n, m in language_model.named_children() if isinstance(m, nn.ModuleList)]
-    if not lists:
+    lists = {n: m for n, m in language_model.named_modules() if n and isinstance(m, nn.ModuleList)}
+    # lists inside another list (a block's MoE experts) are part of a block, not the stack
+    outermost = [(n, m) for n, m in lists.items() if not any(n.startswith(f"{other}.") for other in lists)]
+    if not outermost:
         raise ValueError(f"{type(language_model).__name__} has no ModuleList of decoder blocks; pass lora_targets "
                          "(the last names of the linear layers to adapt)")
-    return max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return max(outermost, key=lambda item: sum(p.numel() for p in item[1].parameters()))
 
 
 def lora_candidates(language_model: nn.Module) -> tuple[list[str], list[str]]:
@@ -326,5 +341,8 @@ def lora_candidates(language_model: nn.Module) -> tuple[list[str], list[str]]:
                 structural.append(f"{stack}.{i}.{name}")
     config = getattr(language_model, "config", None)
     plan = getattr(config, "base_model_tp_plan", None) or {}
-    declared = [p for p in every if any(re.fullmatch(re.escape(k).replace(r"\*", r"\d+"), p) for k in plan)]
+    # the plan's paths are relative to the base model (`layers.*.self_attn.q_proj`); a *ForCausalLM holds it
+    # under a prefix (`model.`)
+    declared = [p for p in every
+                if any(re.fullmatch(r"(?:[\w.]+\.)?" + re.escape(k).replace(r"\*", r"\d+"), p) for k in plan)]
     return (declared or structural), every

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import GenerationMixin
 
-from emoverse.backbones.media import SAMPLE_RATE, check_audio, silence
-from emoverse.backbones.packing import layout_bound
+from emoverse.backbones.media import check_audio, silence
+from emoverse.backbones.processor_packing import PackingMixin
+from emoverse.backbones.processor_responses import IGNORE_INDEX, ResponsesMixin
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "BackboneProcessor", "PromptTooLong", "media_part"]
+
 _SENTINEL = "\x00EMOVERSE\x00"
 
 
@@ -33,7 +34,7 @@ class PromptTooLong(ValueError):
         super().__init__(f"row {row}: {tokens} tokens exceed the context of {max_length}")
 
 
-class BackboneProcessor(ABC):
+class BackboneProcessor(ResponsesMixin, PackingMixin, ABC):
     """The light, picklable half of a backbone that data workers use: examples → model inputs.
 
     Subclasses implement two hooks, `render` (messages → prompt text through the chat template)
@@ -258,179 +259,15 @@ class BackboneProcessor(ABC):
         inputs = self.encode(texts, [[] if v else list(imgs) for imgs, v in zip(images, videos)], **media)
         labels = None
         if responses is not None:
-            inputs, labels = self._append_responses(inputs, [self.tokenize(r) + self.end_ids for r in responses])
+            inputs, labels = self.append_responses(inputs, [self.tokenize(r) + self.end_ids for r in responses])
         if inputs["input_ids"].shape[1] > self.max_length:
             lengths = inputs["attention_mask"].sum(1).tolist()
             worst = max(range(len(lengths)), key=lengths.__getitem__)
             raise PromptTooLong(worst, int(lengths[worst]), self.max_length)
         return {"inputs": inputs, "labels": labels}
 
-    # padding-free packing --------------------------------------------------------------------
-
-    packing_blocker: str | None = None
-    """Why this model cannot take packed rows (set by the backbone from its model), or None."""
-
-    def packing_unsupported(self) -> str | None:
-        """Why training rows of this backbone cannot be packed (one line), or None when they can.
-
-        Packing concatenates a batch's rows into one and restarts `position_ids` at every example, from
-        which transformers builds a block-causal mask (no attention across examples). Per-token inputs besides
-        `input_ids` travel with the row when their entries for a row do not depend on the batch's other rows
-        (`packable_inputs`, e.g. `mm_token_type_ids`); a model that computes its positions from the whole row
-        gets them per example from its backbone (`Backbone.packed_inputs`). What remains is refused here: a
-        model that cannot take packed positions (`packing_blocker`), a per-token input sized or valued by the
-        other rows (Mllama's `cross_attention_mask`).
-        """
-        if self.packing_blocker is not None:
-            return self.packing_blocker
-        bound = sorted(set(_per_token(self._probe(), self.media_inputs)) - self.packable_inputs)
-        if bound:
-            return (f"its processor returns per-token inputs {bound} whose entries for a row change with the batch's "
-                    "other rows, so rows cannot be concatenated")
-        return None
-
-    def _probe(self, query: str = "q", n_images: int = 1, seconds: float = 0.5) -> dict[str, torch.Tensor]:
-        """The model inputs of one prompt with `n_images` 32 px frames and `seconds` of audio, each where the backbone
-        takes that medium."""
-        texts, images, media = self._probe_rows([(query, n_images, seconds)])
-        return self.encode(texts, images, **media)
-
-    def _probe_rows(self, rows: Sequence[tuple[str, int, float]]
-                    ) -> tuple[list[str], list[list[Image.Image]], dict[str, Any]]:
-        takes = self.modalities
-        texts = [self.render(self.messages(q, n * ("image" in takes), audio="audio" in takes), add_generation_prompt=True)
-                 for q, n, _ in rows]
-        images = [[Image.new("RGB", (32, 32))] * n if "image" in takes else [] for _, n, _ in rows]
-        media = {"audios": [silence(int(SAMPLE_RATE * s)) for *_, s in rows]} if "audio" in takes else {}
-        return texts, images, media
-
-    @functools.cached_property
-    def media_inputs(self) -> frozenset[str]:
-        """The encoded inputs that are media, not one entry per token, whatever their shape: measured on two
-        prompts of different lengths with the same media (a media tensor keeps its size; an audio model's
-        `[clips, mel bins, frames]` features would otherwise pass for per-token inputs whenever the clip count
-        equals the batch size and the mel bins or frames the prompt width)."""
-        short, long = self._probe("q"), self._probe("q" + " q" * 7)
-        width = {id(d): d["input_ids"].shape[1] for d in (short, long)}
-        return frozenset(k for k in short.keys() & long.keys()
-                         if not all(isinstance(d[k], torch.Tensor) and d[k].dim() >= 2 and d[k].shape[1] == width[id(d)]
-                                    for d in (short, long)))
-
-    @functools.cached_property
-    def packable_inputs(self) -> frozenset[str]:
-        """The per-token inputs (besides `input_ids` and `attention_mask`) that a packed row takes by concatenating
-        each row's unpadded stretch: those whose entries for a row are the same batched as alone (measured on two
-        prompts of different lengths with one and two frames, 0.5 s and 1 s of audio, `packing.layout_bound`)."""
-        rows = [("q", 1, 0.5), ("q" + " q" * 7, 2, 1.0)]
-        texts, images, media = self._probe_rows(rows)
-        batch = self.encode(texts, images, **media)
-        names = sorted(_per_token(batch, self.media_inputs))
-        if not names:
-            return frozenset()
-        alone = [self.encode([t], [imgs], **{k: [v[i]] for k, v in media.items()})
-                 for i, (t, imgs) in enumerate(zip(texts, images))]
-        return frozenset(names) - set(layout_bound(batch, alone, names))
-
-    def pack(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A right-padded training batch (`__call__` with responses) as one padding-free row.
-
-        Returns:
-            `inputs` (`input_ids` and `position_ids` `[1, sum of lengths]`, restarting at 0 for each example; the
-            other per-token inputs (`packable_inputs`) concatenated the same way; no `attention_mask`; the media
-            inputs as they were, in example order), `labels` `[1, ...]` and `packed_lengths` (tokens per example,
-            in order). A backbone whose model computes its own positions replaces `position_ids` before its forward
-            (`Backbone.packed_inputs`).
-
-        Raises:
-            ValueError: the backbone cannot pack (`packing_unsupported`), or the batch has a per-token input that
-                cannot be concatenated.
-        """
-        inputs, labels = batch["inputs"], batch["labels"]
-        per_token = _per_token(inputs, self.media_inputs)
-        bound = sorted(set(per_token) - self.packable_inputs)
-        reason = self.packing_blocker or (f"its processor returns per-token inputs {bound} that cannot be concatenated "
-                                          "into one row" if bound else None)
-        if reason:
-            raise ValueError(f"{type(self).__name__} cannot pack: {reason}")
-        mask = inputs["attention_mask"].bool()
-        lengths = mask.sum(1)
-        packed = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        packed.update({k: v[mask].unsqueeze(0) for k, v in per_token.items()})
-        packed["input_ids"] = inputs["input_ids"][mask].unsqueeze(0)
-        packed["position_ids"] = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0)
-        return {**batch, "inputs": packed, "labels": labels[mask].unsqueeze(0), "packed_lengths": lengths}
-
-    def extend_for_response(self, per_token: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
-        """Every per-token input of a left-padded prompt batch extended by `n` generated tokens, as generation
-        extends it (`generation_rule`: the model class's own update, e.g. PaliGemma's `token_type_ids` 1 for
-        generated text, Mllama's `cross_attention_mask` repeating the last prompt token's row).
-
-        Raises:
-            ValueError: a per-token input that generation does not extend.
-        """
-        rule = _blank(self.generation_rule)
-        kwargs = dict(per_token)
-        try:
-            for _ in range(n):  # one token at a time, as generation does (some rules add one row per call)
-                kwargs = rule._update_model_kwargs_for_generation({}, kwargs, is_encoder_decoder=False, num_new_tokens=1)
-        except Exception as err:
-            raise ValueError(f"{self.generation_rule.__name__}._update_model_kwargs_for_generation cannot extend "
-                             f"{sorted(per_token)} without a model ({type(err).__name__}: {err}); override "
-                             f"{type(self).__name__}.extend_for_response") from None
-        width = next(iter(per_token.values())).shape[1] + n
-        stale = sorted(k for k in per_token if kwargs[k].shape[1] != width)
-        if stale:
-            raise ValueError(f"processor outputs {stale} have one entry per prompt token, but "
-                             f"{self.generation_rule.__name__}'s generation does not extend them to the answer; "
-                             f"override {type(self).__name__}.extend_for_response to say how")
-        return {k: kwargs[k] for k in per_token}
-
-    generation_rule: type = GenerationMixin
-    """The class whose `_update_model_kwargs_for_generation` says how generation extends per-token inputs."""
-
-    def _append_responses(self, inputs: dict[str, torch.Tensor], responses: list[list[int]]
-                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Left-padded prompts + responses → right-padded rows `[prompt; response]` and their labels.
-
-        Every per-token input (batch and sequence in its first two dimensions: `attention_mask`,
-        `token_type_ids`, Mllama's `[B, T, frames, tiles]` `cross_attention_mask`, ...) takes on the
-        response positions the values generation gives generated tokens (`extend_for_response`), so a
-        training forward sees the answer as inference produces it.
-        """
-        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
-        per_token = {"attention_mask": inputs["attention_mask"], **_per_token(inputs, self.media_inputs)}
-        longest = max(len(r) for r in responses)
-        extended = self.extend_for_response(per_token, longest)
-        lengths = [int(m.sum()) + len(r) for m, r in zip(mask, responses, strict=True)]
-        width, prompt_width = max(lengths), ids.shape[1]
-        out = {k: v.new_zeros((len(ids), width, *v.shape[2:])) for k, v in per_token.items()}
-        out["input_ids"] = torch.full((len(ids), width), self.pad_id, dtype=ids.dtype)
-        labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
-        for b, resp in enumerate(responses):
-            n, r = int(mask[b].sum()), len(resp)
-            for k, v in per_token.items():
-                out[k][b, :n] = v[b][mask[b]]
-                out[k][b, n:n + r] = extended[k][b, prompt_width:prompt_width + r]
-            out["input_ids"][b, :n] = ids[b][mask[b]]
-            out["input_ids"][b, n:n + r] = torch.tensor(resp, dtype=ids.dtype)
-            labels[b, n:n + r] = torch.tensor(resp)
-        return {**inputs, **out}, labels
-
 
 def media_part(kind: str) -> dict[str, Any]:
     """The user content part of one medium: `{"type": kind}`; an audio part also has an `audio` key (None: the clip
     goes to the processor apart), since the released Qwen2-Audio templates test `'audio' in content`, not the type."""
     return {"type": kind, "audio": None} if kind == "audio" else {"type": kind}
-
-
-def _per_token(inputs: Mapping[str, Any], media: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
-    """Inputs with one entry per token (batch and sequence first) other than `input_ids` and `attention_mask`,
-    leaving out the `media` inputs (`BackboneProcessor.media_inputs`) whatever their shape."""
-    ids = inputs["input_ids"]
-    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *media)
-            and isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[:2] == ids.shape}
-
-
-def _blank(cls: type) -> Any:
-    """An instance of `cls` without `__init__` (no weights): generation's update rules read no state."""
-    return object.__new__(cls)

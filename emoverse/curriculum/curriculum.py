@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import bisect
-import warnings
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from emoverse.curriculum._plan import (
     BATCH_ORDER,
@@ -44,7 +44,8 @@ class Curriculum:
 
     Bound with a `TokenBudget` (`AMTDataModule(max_tokens=...)`), an epoch is also cut into batches
     under the budget (`batches`): the whole epoch's draws (unpadded) are grouped by length within
-    windows, the batches shuffled (seeded) and dealt round-robin to the ranks; so every draw of the
+    windows (packed rows: in the epoch's order, with a bounded look-ahead that keeps each row's task
+    mix; `TokenBudget.lookahead`), the batches shuffled (seeded) and dealt round-robin to the ranks; so every draw of the
     epoch is in exactly one batch on one rank, and every rank takes as many batches (the batch
     with the most rows is halved until the count divides; `batch_stats`).
 
@@ -72,6 +73,7 @@ class Curriculum:
         self._lengths: dict[tuple[int, int], int] = {}
         self._batches: dict[tuple[int, int], tuple[list[list[tuple[int, str]]], dict[str, int]]] = {}
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._warned_oversized = False
 
     def __repr__(self) -> str:
         return f"Curriculum(stages={[s.name for s in self.stages]}, seed={self.seed})"
@@ -148,9 +150,10 @@ class Curriculum:
     # token-budget batches ---------------------------------------------------------------------
 
     def token_batches(self, epoch: int) -> bool:
-        """Whether epoch `epoch` is cut into token-budget batches: bound with a budget and a supervised stage
-        (a GRPO stage batches `batch_size` prompts, each sampled `group_size` times)."""
-        return self.budget is not None and self.stages[self.stage_of(epoch)].objective != "grpo"
+        """Whether epoch `epoch` is cut into token-budget batches: bound with a budget and a stage whose objective
+        uses one (`Objective.uses_token_budget`: SFT does; objectives that sample answers batch `batch_size`
+        prompts)."""
+        return self.budget is not None and self.stages[self.stage_of(epoch)].objective.uses_token_budget
 
     def batches(self, epoch: int, rank: int = 0) -> list[list[tuple[int, str]]]:
         """With a token budget: the batches of (record index, task) pairs rank `rank` takes in global epoch `epoch`."""
@@ -186,8 +189,8 @@ class Curriculum:
 
     def _epoch_batches(self, epoch: int) -> tuple[list[list[tuple[int, str]]], dict[str, int]]:
         if not self.token_batches(epoch):
-            raise RuntimeError(f"Curriculum: epoch {epoch} has no token-budget batches (no budget bound, or a GRPO "
-                               "stage); its batches follow `batch_size`")
+            raise RuntimeError(f"Curriculum: epoch {epoch} has no token-budget batches (no budget bound, or its "
+                               "stage's objective uses none); its batches follow `batch_size`")
         stage, stage_epoch = self.stage_of(epoch), self.stage_epoch(epoch)
         key = (stage, stage_epoch)
         if key not in self._batches:
@@ -196,7 +199,7 @@ class Curriculum:
             rec, tid = rec[:length], tid[:length]  # the unpadded epoch: batches, not draws, are padded for the ranks
             names = [self.tasks[t] for t in tid.tolist()]
             lengths = self.pair_lengths(rec.tolist(), names)
-            planned = plan_batches(lengths, self.budget, rng(self.seed, BATCH_ORDER, stage, stage_epoch))
+            planned = plan_batches(lengths, self.budget, rng(self.seed, BATCH_ORDER, stage, stage_epoch), tasks=tid)
             dealt, repeated = split_for_ranks(planned, self.num_replicas)
             rec_l = rec.tolist()
             batches = [[(rec_l[i], names[i]) for i in b.tolist()] for b in dealt]
@@ -206,10 +209,13 @@ class Curriculum:
                      "tokens": int(sum(int(lengths[b].sum()) for b in dealt)), "positions": int(positions),
                      "oversized": int(over.sum()), "longest": int(lengths.max(initial=0)),
                      "split": len(dealt) - repeated - len(planned), "repeated": repeated}
-            if stats["oversized"]:
-                warnings.warn(f"Curriculum: stage {self.stages[stage].name!r} epoch {stage_epoch}: {stats['oversized']} "
-                              f"of {length} draws are longer than max_tokens={self.budget.max_tokens} (longest "
-                              f"{stats['longest']} tokens); each trains in a batch of its own", stacklevel=3)
+            if stats["oversized"] and not self._warned_oversized:
+                # once per run, not once per epoch and rank: the count is in `batch_stats(epoch)["oversized"]`
+                self._warned_oversized = True
+                rank_zero_warn(f"Curriculum: stage {self.stages[stage].name!r} epoch {stage_epoch}: {stats['oversized']} "
+                               f"of {length} draws are longer than max_tokens={self.budget.max_tokens} (longest "
+                               f"{stats['longest']} tokens); each trains in a batch of its own (said once; later "
+                               "epochs' counts are in Curriculum.batch_stats)", stacklevel=3)
             self._batches[key] = batches, stats
         return self._batches[key]
 

@@ -11,18 +11,19 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from emoverse.backbones.base import IGNORE_INDEX, BackboneProcessor, PromptTooLong
+from emoverse.data.batches import GenerationBatch, TrainBatch
 
 __all__ = ["IGNORE_INDEX", "AMTCollator"]
 
 
 class AMTCollator:
     """Turn examples `{id, task, query, response, images, audio, as_video, record, truncated}` (`make_example`)
-    into a model batch.
+    into a typed batch (`emoverse.data.batches`).
 
-    A batch holds `inputs` and `labels` (the processor's), per row `tasks` and `ids`, and
-    `num_truncated` (rows whose dialogue context was shortened to fit). Generation batches also hold
-    the rows' `queries` and `records` (frame-less, for the task parsers and the gold targets);
-    training batches carry no records.
+    Mode "train" makes a `TrainBatch` (`inputs` and `labels`, per row `tasks` and `ids`, `num_truncated`:
+    rows whose dialogue context was shortened to fit; `packed_lengths` when packed); mode "generate" a
+    `GenerationBatch`, which also holds the rows' `queries` and `records` (frame-less, for the task
+    parsers and the gold targets).
 
     Args:
         processor: the backbone's processor.
@@ -41,10 +42,10 @@ class AMTCollator:
             raise ValueError("AMTCollator: pack=True applies to mode='train' only (generation is left-padded)")
         self.processor, self.mode, self.system_prompt, self.pack = processor, mode, system_prompt, pack
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> TrainBatch | GenerationBatch:
         train = self.mode == "train"
         try:
-            batch = self.processor([ex["query"] for ex in examples], [ex["images"] for ex in examples],
+            encoded = self.processor([ex["query"] for ex in examples], [ex["images"] for ex in examples],
                                    [ex["response"] for ex in examples] if train else None, self.system_prompt,
                                    **batch_media(examples))
         except PromptTooLong as err:
@@ -52,15 +53,15 @@ class AMTCollator:
             raise ValueError(f"record {ex['id']} ({ex['task']}): {err.tokens} tokens exceed the context of "
                              f"{err.max_length}; shorten its query (make_example drops the oldest context turns)"
                              ) from None
-        if self.pack:
-            batch = self.processor.pack(batch)
-        batch["tasks"] = [ex["task"] for ex in examples]
-        batch["ids"] = [ex["id"] for ex in examples]
-        batch["num_truncated"] = sum(bool(ex.get("truncated")) for ex in examples)
+        tasks, ids = [ex["task"] for ex in examples], [ex["id"] for ex in examples]
+        truncated = sum(bool(ex.get("truncated")) for ex in examples)
         if not train:
-            batch["queries"] = [ex["query"] for ex in examples]
-            batch["records"] = [ex["record"] for ex in examples]
-        return batch
+            return GenerationBatch(encoded["inputs"], tasks, ids, [ex["query"] for ex in examples],
+                                   [ex["record"] for ex in examples], truncated, [ex["response"] for ex in examples])
+        if not self.pack:
+            return TrainBatch(encoded["inputs"], encoded["labels"], tasks, ids, truncated)
+        packed = self.processor.pack(encoded)
+        return TrainBatch(packed["inputs"], packed["labels"], tasks, ids, truncated, packed["packed_lengths"])
 
 
 def batch_media(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from emoverse.curriculum.stage import Stage
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset, BatchedPairs, check_drop
 from emoverse.data.demo import make_demo_amt
-from emoverse.data.grpo import GroupCollator
 from emoverse.data.shards import OnCorrupt, ShardIndex
 from emoverse.data.streaming import AMTStream
 from emoverse.distributed import RankShardSampler
@@ -75,6 +74,9 @@ class AMTDataModule(pl.LightningDataModule):
             (`BackboneProcessor.packing_unsupported` says why) warns in one line and trains on padded
             `max_tokens` batches instead, so one config serves every backbone.
         bucket_window: draws per length-sorting window of `max_tokens` batching.
+        pack_lookahead: with `packing`, how many draws past the first one that does not fit a row may take
+            to fill it, choosing to keep the row's task shares near the stage's ratios
+            (`TokenBudget.lookahead`); 0: rows of consecutive draws only, closed at the first misfit.
         drop_modalities: modalities taken out of every prompt of every split (`MODALITIES`): "frames",
             "audio", "text" (the transcript). For a modality ablation, `emoverse test` one checkpoint once
             per set; the run report shows their metrics side by side (docs/audio.md).
@@ -100,6 +102,7 @@ class AMTDataModule(pl.LightningDataModule):
         max_tokens: int | None = None,
         packing: bool = False,
         bucket_window: int = 512,
+        pack_lookahead: int = 64,
         drop_modalities: list[str] | None = None,
     ) -> None:
         super().__init__()
@@ -113,7 +116,8 @@ class AMTDataModule(pl.LightningDataModule):
             if streaming:
                 raise ValueError("AMTDataModule(max_tokens=...) cannot batch a stream: token-budget batches are planned "
                                  "per epoch over indexed draws; set streaming: false or drop max_tokens")
-            self.budget: TokenBudget | None = TokenBudget(max_tokens, packing, bucket_window)  # validates the fields
+            self.budget: TokenBudget | None = TokenBudget(max_tokens, packing, bucket_window,  # validates the fields
+                                                            pack_lookahead)
         else:
             self.budget = None
         self.path, self.demo = Path(path), demo
@@ -174,25 +178,21 @@ class AMTDataModule(pl.LightningDataModule):
         if self.curriculum is None or "train" not in self.datasets:
             raise RuntimeError("AMTDataModule.train_dataloader before setup('fit')")
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        if self.curriculum.token_batches(epoch):  # a GRPO stage keeps batch_size prompts (its group collator)
+        # the stage's objective makes its batches (`Objective.collator`): supervised examples, or prompts to
+        # sample answers for; and says whether they may follow the token budget (`Curriculum.token_batches`)
+        objective = self.curriculum.stages[self.curriculum.stage_of(epoch)].objective
+        if self.curriculum.token_batches(epoch):
             # one item per batch: the sampler yields lists of draws, the dataset lists of examples
             batches = TokenBudgetSampler(self.curriculum, rank=self._ranks()[1], epoch=epoch)
             return StatefulDataLoader(BatchedPairs(self.datasets["train"]), batch_size=None, sampler=batches,
                                       num_workers=self.num_workers,
-                                      collate_fn=AMTCollator(self.processor, "train", self.system_prompt,
-                                                             pack=self.budget.packing))
+                                      collate_fn=objective.collator(self.processor, self.system_prompt,
+                                                                    pack=self.budget.packing))
         sampler = TaskWeightedSampler(self.curriculum, rank=self._ranks()[1], epoch=epoch)
         # rebuilt every epoch (stages differ in length), so worker processes are not kept
         return StatefulDataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=sampler,
-                                  num_workers=self.num_workers, collate_fn=self._train_collator(epoch))
-
-    def _train_collator(self, epoch: int) -> AMTCollator | GroupCollator:
-        """The stage decides the batches: supervised ones (prompt + answer, labels), or for a GRPO stage
-        `batch_size` prompts with their records, each `group_size` times (`GroupCollator`)."""
-        stage = self.curriculum.stages[self.curriculum.stage_of(epoch)]
-        if stage.objective == "grpo":
-            return GroupCollator(self.processor, stage.grpo.group_size, self.system_prompt)
-        return AMTCollator(self.processor, "train", self.system_prompt)
+                                  num_workers=self.num_workers,
+                                  collate_fn=objective.collator(self.processor, self.system_prompt))
 
     def _eval_loader(self, split: str, cap: int | None) -> DataLoader:
         ds = self.datasets[split]

@@ -17,7 +17,7 @@ from emoverse.data.record import AMTRecord
 from emoverse.data.shards import ShardIndex
 
 if TYPE_CHECKING:
-    from emoverse.tasks.base import Task
+    from emoverse.tasks.base import FrameChoice, Task
 
 
 _CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr")
@@ -39,9 +39,9 @@ def rgb_frames(images: Sequence[Any], where: str = "") -> list[Image.Image]:
     return out
 
 
-def select_frames(record: AMTRecord, media: str, num_frames: int) -> list[Any]:
-    """The frames a task shows: the peak frame ("peak"; the middle frame when none is marked)
-    or up to `num_frames` frames sampled uniformly in time ("video")."""
+def select_frames(record: AMTRecord, media: FrameChoice, num_frames: int) -> list[Any]:
+    """The frames a task shows (`Task.frames`): the peak frame ("peak"; the middle frame when none is marked)
+    or up to `num_frames` frames sampled uniformly in time ("clip")."""
     frames = record.frames
     if not frames:
         raise ValueError(f"record {record.id}: no frames, but the vision backbone needs at least one")
@@ -181,8 +181,12 @@ def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, nu
 
     def pose(context: list[Any]) -> tuple[str, str]:  # (query, response) showing these dialogue turns
         kept = dataclasses.replace(record, context=context)
-        query = task.query(_without_text(kept) if "text" in drop else kept, random.Random(seed_text))
-        return query, task.response(kept) if label else ""  # the answer names only turns the prompt shows
+        if not label:
+            return task.query(_without_text(kept) if "text" in drop else kept, random.Random(seed_text)), ""
+        query, response = task.build(kept, random.Random(seed_text))  # the answer names only turns the prompt shows
+        if "text" in drop:  # the same prompt variant (the same seed), the transcript withheld; the answer stays
+            query = task.query(_without_text(kept), random.Random(seed_text))
+        return query, response
 
     if label:
         task.check_label(record)

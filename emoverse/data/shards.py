@@ -14,6 +14,7 @@ missing frames or audio, audio that does not decode) is an error by default; `on
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import webdataset as wds
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from emoverse.data.audio import AUDIO_KEY, decode_audio, encode_audio
 from emoverse.data.record import FRAME_MODES, SPLITS, AMTRecord, has_audio
@@ -44,36 +45,73 @@ def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, where: str) -> Image.Image:
+def decode_image(data: bytes, where: str, member: str | None = None) -> Image.Image:
+    """Decode one frame; `where` (shard, record, frame) and the tar `member` name it in the error.
+
+    Raises:
+        CorruptShardError: the bytes are not an image PIL can decode.
+    """
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Exception as err:  # PIL raises many types for corrupt data
-        raise ValueError(f"{where}: not a decodable image ({err})") from err
+        # PIL's own message names an anonymous buffer ("cannot identify image file <_io.BytesIO object at 0x...>")
+        reason = "not an image format PIL can identify" if isinstance(err, UnidentifiedImageError) else str(err)
+        named = f"member {member}: " if member else ""
+        raise CorruptShardError(f"{where}: not a decodable image ({named}{reason}, {len(data)} bytes)") from err
     return img
 
 
-def write_shards(records: Iterable[AMTRecord], root: str | Path, split: str, maxcount: int = 1000) -> list[Path]:
-    """Write `records` of one split as webdataset shards under `root/split/`; returns the shard paths.
+def frame_member(key: str, k: int) -> str:
+    """The tar member name of frame `k` of record `key`."""
+    return f"{key}.f{k}.jpg"
 
-    Frames may be PIL images (encoded as JPEG) or JPEG bytes (written as they are); audio a waveform
-    (encoded as FLAC, `{id}.audio.flac`) or FLAC bytes (written as they are). Every record is checked
-    first as reading will check it (`AMTRecord`'s field checks on its JSON round trip, its split equal
-    to `split`, frames of an 8-bit mode, JPEG bytes and FLAC bytes that decode), so a bad record fails
-    here, named, instead of when training reads it.
+
+def write_shards(records: Iterable[AMTRecord], root: str | Path, split: str, maxcount: int = 1000) -> list[Path]:
+    """Write `records` of one split as webdataset shards `root/split/amt-{split}-NNNNNN.tar` of up to `maxcount`
+    records each (`write_shard`); returns the shard paths.
 
     Raises:
         ValueError: `split` is not a shard split, or a record is invalid (the id and field named).
     """
     if split not in SPLITS:
         raise ValueError(f"write_shards: split={split!r}, expected one of {SPLITS}")
+    if isinstance(maxcount, bool) or not isinstance(maxcount, int) or maxcount < 1:
+        raise ValueError(f"write_shards: maxcount={maxcount!r}, expected an int >= 1")
     out = Path(root) / split
     out.mkdir(parents=True, exist_ok=True)
-    pattern = str(out / f"amt-{split}-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:
-        for rec in records:
-            sink.write(_sample(rec, split))
+    records, paths = iter(records), []
+    while True:
+        chunk = list(itertools.islice(records, maxcount))
+        if paths and not chunk:
+            break
+        paths.append(out / f"amt-{split}-{len(paths):06d}.tar")
+        write_shard(chunk, paths[-1], split)  # an empty split still gets its (empty) first shard
     return sorted(out.glob(f"amt-{split}-*.tar"))
+
+
+def write_shard(records: Iterable[AMTRecord], path: str | Path, split: str) -> None:
+    """Write one shard: per record `{id}.json`, `{id}.f{k}.jpg` and `{id}.audio.flac` when it has audio, in this
+    order, byte-for-byte reproducible (fixed member order, mtime 0, mode 0o444). The one shard writer: the demo
+    data (`write_shards`) and the AMT builder (`emoverse amt build`) both write through it.
+
+    Frames may be PIL images (encoded as JPEG) or JPEG bytes (written as they are); audio a waveform
+    (encoded as FLAC) or FLAC bytes (written as they are). Every record is checked first as reading will
+    check it (`AMTRecord`'s field checks on its JSON round trip, its split equal to `split`, frames of an
+    8-bit mode, JPEG bytes and FLAC bytes that decode), so a bad record fails here, named, instead of when
+    training reads it.
+
+    Raises:
+        ValueError: a record is invalid (the id and field named).
+    """
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for rec in records:
+            sample = _sample(rec, split)
+            key = sample.pop("__key__")
+            for ext, data in sample.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o444
+                tar.addfile(info, io.BytesIO(data))
 
 
 def _sample(rec: AMTRecord, split: str) -> dict[str, Any]:
@@ -175,7 +213,8 @@ class ShardIndex:
         when `with_audio` (default: as `with_frames`)."""
         e = self.entries[i]
         where = f"{self.paths[e.shard]} record {e.meta.get('id')}"
-        frames = [decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}")
+        key = str(e.meta.get("id"))
+        frames = [decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}", frame_member(key, k))
                   for k, (off, n) in enumerate(e.frames)] if with_frames else []
         audio = None
         if e.audio is not None and (with_frames if with_audio is None else with_audio):
@@ -199,7 +238,8 @@ class ShardIndex:
             try:
                 sizes.append(Image.open(io.BytesIO(head)).size)
             except Exception:  # a header longer than the prefix: read the whole frame
-                sizes.append(decode_image(self._frame(e.shard, off, n, f"{where} frame {k}"), f"{where} frame {k}").size)
+                frame = self._frame(e.shard, off, n, f"{where} frame {k}")
+                sizes.append(decode_image(frame, f"{where} frame {k}", frame_member(str(e.meta.get("id")), k)).size)
         return sizes
 
     def _frame(self, shard: int, offset: int, size: int, where: str) -> bytes:
@@ -369,7 +409,8 @@ def stream_records(root: str | Path, split: str, shuffle: int = 0, seed: int = 0
             missing = [k for k in range(n) if f"f{k}.jpg" not in sample]
             if missing:
                 raise ValueError(f"{where}: frames {missing} missing, expected f0..f{n - 1}")
-            frames = [decode_image(sample[f"f{k}.jpg"], f"{where} frame {k}") for k in range(n)]
+            frames = [decode_image(sample[f"f{k}.jpg"], f"{where} frame {k}", frame_member(sample["__key__"], k))
+                      for k in range(n)]
             audio = None
             if isinstance(meta, dict) and has_audio(meta):
                 if AUDIO_KEY not in sample:

@@ -5,7 +5,10 @@ the draws, validation metrics per stage, per-task analyses of the test answers a
 test metrics beside the paper's. See docs/report.md.
 """
 
-from emoverse.report.callback import RunReport
-from emoverse.report.page import write_report
+from emoverse._lazy import lazy_exports
 
 __all__ = ["RunReport", "write_report"]
+
+# loaded on first use, so `emoverse report --help` does not import Lightning (the callback's) or matplotlib
+__getattr__, __dir__ = lazy_exports(__name__, {"RunReport": "emoverse.report.callback",
+                                               "write_report": "emoverse.report.page"})

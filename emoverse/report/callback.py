@@ -60,9 +60,7 @@ class RunReport(Callback):
                            batch_idx: int) -> None:
         if self._first_step is None:  # resumed mid-epoch: on_train_epoch_start was skipped
             self._first_step = trainer.global_step
-        tasks = batch.get("tasks") if isinstance(batch, dict) else None
-        if isinstance(tasks, (list, tuple)):
-            self._current.update(str(t) for t in tasks)
+        self._current.update(task for _, task in batch.draws)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         names = sorted(set(known_task_names()) | set(self._current))

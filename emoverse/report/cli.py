@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from emoverse.report.page import write_report
-
 
 def main(argv: list[str] | None = None) -> int:
     """Write the report of one run folder.
@@ -19,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a run folder, e.g. runs/lightning_logs/version_0")
     parser.add_argument("--out", type=Path, default=None, help="where report.html goes (default: the run folder)")
     args = parser.parse_args(argv)
+    from emoverse.report.page import write_report  # matplotlib and torch: after --help
+
     try:
         path = write_report(args.run, args.out)
     except FileNotFoundError as err:

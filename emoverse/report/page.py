@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from emoverse.report import analysis, plots
 from emoverse.report.modalities import modality_sets
 from emoverse.report.paper import HEADLINE_LABELS, TABLE4_EMOVERSE_4B
-from emoverse.report.run import Run, load_run
+from emoverse.report.run import Run, checkpoint_line, load_run
 from emoverse.report.stages import StageView, stage_views
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ SECTIONS: dict[str, str] = {
     "modalities": "Test metrics per modality set", "mer": "MER: emotions",
     "msa": "MSA: sentiment", "ecpe": "ECPE: emotion-cause pairs", "samples": "FER and ERI: sample answers",
     "unparsed": "Unparsed answers per task", "reinforcement": "Reinforcement (GRPO stage)",
+    "preference": "Preference (DPO stage)",
 }
 """Section id -> heading, in page order (every page has all of them)."""
 STYLE = """
@@ -78,6 +79,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         "samples": lambda: _samples(run),
         "unparsed": lambda: _unparsed(run),
         "reinforcement": lambda: _reinforcement(page, training, stages),
+        "preference": lambda: _preference(page, training, stages),
     }
     for section, build in builders.items():
         try:
@@ -126,7 +128,7 @@ def _summary(page: _Page, run: Run, training: Run | None, stages: list[StageView
         ("data", str(data.get("path", "–")) + (" (demo AMT)" if data.get("demo") else "")),
         ("stages", ", ".join(f"{s.name} ({s.epochs or '?'} epochs)" for s in stages) or "–"),
         ("steps logged", f"{int(max(steps))}" if steps else "–"),
-        ("checkpoint", str(run.config.get("ckpt_path") or "–")),
+        ("checkpoint", checkpoint_line(run)),
         ("predictions", f"{run.predictions_file} ({len(run.predictions)} rows)" if run.predictions_file else "–"),
     ]
     if training is not None and training is not run:
@@ -152,6 +154,15 @@ def _reinforcement(page: _Page, training: Run | None, stages: list[StageView]) -
     if fig is None:  # most runs have no GRPO stage: a plain note, not a gap
         return ["<p>No reinforcement stage in this run (no train/grpo/* values; docs/grpo.md).</p>"]
     return [page.image(fig, "grpo", "GRPO stage: reward, reward std, KL, answer length, unparsed share")]
+
+
+def _preference(page: _Page, training: Run | None, stages: list[StageView]) -> list[str]:
+    fig = plots.preference_figure(training, stages) if training is not None else None
+    if fig is None:
+        return ["<p>No preference stage in this run (no train/preference/* values; docs/preference.md).</p>"]
+    return [page.image(fig, "preference", "preference stage: implicit-reward accuracy and margin, implicit and task "
+                                          "rewards of the chosen and rejected answers, pairs and skipped groups, "
+                                          "reward terms per task")]
 
 
 def _task_mix(page: _Page, stages: list[StageView]) -> list[str]:

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: a report is written on headless machines and inside training
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from emoverse.report.analysis import CausePairs, Confusion, Sentiment  # noqa: E402
@@ -65,16 +66,20 @@ def loss_figure(run: Run, stages: Sequence[StageView]) -> Figure:
 
 GRPO_PANELS = (("reward", "mean reward (per task: thin)"), ("reward_std", "reward std within groups"),
                ("kl", "KL to the reference (per token)"), ("answer_length", "answer length (tokens)"),
-               ("unparsed", "share of unparsed answers"))
+               ("unparsed", "share of unparsed answers"), ("terms", "reward terms per task"))
 
 
 def grpo_figure(run: Run, stages: Sequence[StageView]) -> Figure | None:
     """A GRPO stage's `train/grpo/*` series against the step (per-task rewards beside the mean); None without one."""
     if not run.columns("train/grpo/"):
         return None
-    fig, axes = plt.subplots(1, len(GRPO_PANELS), figsize=(3.4 * len(GRPO_PANELS), 3.0), squeeze=False)
+    fig, axes = plt.subplots(2, 3, figsize=(3.4 * 3, 6.0), squeeze=False)
+    axes = [list(axes.flat)]
     rewards = sorted(c for c in run.columns("train/") if c.endswith("/reward") and not c.startswith("train/grpo/"))
     for ax, (key, title) in zip(axes[0], GRPO_PANELS):
+        if key == "terms":
+            _terms_panel(ax, run, title)
+            continue
         steps, values = run.series(f"train/grpo/{key}")
         if key == "reward":
             for column in rewards:
@@ -89,6 +94,49 @@ def grpo_figure(run: Run, stages: Sequence[StageView]) -> Figure | None:
         ax.grid(alpha=0.3)
         if key == "reward":
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _terms_panel(ax: Axes, run: Run, title: str) -> None:
+    """Each weighted reward term per task (`train/{task}/reward/{term}`), so a term the policy games shows."""
+    for column in sorted(c for c in run.columns("train/") if "/reward/" in c):
+        s, v = run.series(column)
+        _, task, _, term = column.split("/", 3)
+        ax.plot(s, v, lw=1.0, label=f"{task} {term}", marker="." if len(s) < 30 else None)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=6, ncol=2)
+
+
+PREFERENCE_PANELS = (
+    ("accuracy", ("accuracy",), "implicit-reward accuracy"),
+    ("margin", ("reward_margin",), "implicit reward margin"),
+    ("implicit", ("chosen_reward", "rejected_reward"), "implicit rewards (chosen, rejected)"),
+    ("task", ("chosen_task_reward", "rejected_task_reward", "reward"), "task rewards (chosen, rejected, all)"),
+    ("pairs", ("pairs", "skipped"), "groups with a pair / skipped (equal rewards)"),
+)
+
+
+def preference_figure(run: Run, stages: Sequence[StageView]) -> Figure | None:
+    """A preference stage's `train/preference/*` series against the step, and the reward terms per task; None
+    without one."""
+    if not run.columns("train/preference/"):
+        return None
+    fig, grid = plt.subplots(2, 3, figsize=(3.4 * 3, 6.0), squeeze=False)
+    axes = list(grid.flat)
+    for ax, (_, keys, title) in zip(axes, PREFERENCE_PANELS):
+        for key in keys:
+            steps, values = run.series(f"train/preference/{key}")
+            ax.plot(steps, values, lw=1.6, label=key, marker="." if len(steps) < 30 else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    _terms_panel(axes[-1], run, "reward terms per task")
     fig.tight_layout()
     return fig
 

@@ -78,6 +78,21 @@ class Run:
         return self.train if self.train is not None and self.train.columns("train/") else None
 
 
+def checkpoint_line(run: Run) -> str:
+    """Which checkpoint the run's figures come from, in words: the `ckpt_path` it read (a test run, or a
+    resumed fit) and the newest checkpoint it wrote under `checkpoints/` (what `emoverse test --ckpt_path`
+    of this run would read)."""
+    parts = []
+    ckpt = run.config.get("ckpt_path")
+    if isinstance(ckpt, str) and ckpt:
+        parts.append(f"read {ckpt}")
+    written = [p for p in (run.path / "checkpoints").glob("*.ckpt") if p.is_file() and not p.name.startswith(".")]
+    if written:
+        newest = max(written, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
+        parts.append(f"wrote {newest}" + (f" (newest of {len(written)})" if len(written) > 1 else ""))
+    return "; ".join(parts) or "none read or written"
+
+
 def load_run(path: str | Path, follow_checkpoint: bool = True, predictions: bool = True) -> Run:
     """Read a run folder; nothing raises for a missing or damaged file, it becomes a note.
 

@@ -13,6 +13,9 @@ from torchmetrics import Metric
 
 from emoverse.data.record import AMTRecord
 
+FrameChoice = Literal["clip", "peak"]
+"""Which frames a task's prompt shows (`Task.frames`, read by `emoverse.data.dataset.select_frames`)."""
+
 
 class Task(ABC):
     """One affective task. Subclasses set `name` and implement `has_label`, `query`, `response`, `parse`,
@@ -37,14 +40,18 @@ class Task(ABC):
         default_reward_weights: the weight of each reward term ("format": the answer parses, plus the
             task's `reward_terms`); `reward_weights` (a constructor argument of the built-in tasks)
             overrides some of them.
+        length_penalty: subtracted from the reward per word of the answer (default 0: off), so an
+            objective cannot gain by padding answers; set per task in YAML
+            (`task_args: {eri: {length_penalty: 0.01}}`, through `get_task`).
     """
 
     name: ClassVar[str]
-    frames: ClassVar[Literal["clip", "peak"]] = "clip"
+    frames: ClassVar[FrameChoice] = "clip"
     media: tuple[str, ...] = ("frames",)
     max_new_tokens: int = 16
     default_reward_weights: ClassVar[Mapping[str, float]] = {"format": 0.1, "correct": 1.0}
     reward_weights: dict[str, float] | None = None
+    length_penalty: float = 0.0
 
     @abstractmethod
     def has_label(self, record: AMTRecord) -> bool:
@@ -120,20 +127,34 @@ class Task(ABC):
         return {**self.default_reward_weights, **(self.reward_weights or {})}
 
     def reward(self, text: str, record: AMTRecord) -> float:
-        """The reward of answer `text` to `record`: 0 when it does not parse (`parse` is None), else
-        `weights["format"]` plus each correctness term (`reward_terms(parse(text), target(record))`)
-        times its weight; evaluation reads the same parse and target, so what is reinforced is what is
-        reported.
+        """The reward of answer `text` to `record`: the sum of `reward_breakdown`'s terms. 0 when it does not
+        parse (`parse` is None), else `weights["format"]` plus each correctness term (`reward_terms(parse(text),
+        target(record))`) times its weight, less the length penalty; evaluation reads the same parse and
+        target, so what is reinforced is what is reported.
+
+        Raises:
+            ValueError: `record` has no label for this task.
+        """
+        return sum(self.reward_breakdown(text, record).values())
+
+    def reward_breakdown(self, text: str, record: AMTRecord) -> dict[str, float]:
+        """The weighted terms of `reward` by name: "format", each of `reward_terms`' terms (0 when the answer
+        does not parse) and "length" (minus `length_penalty` per word; present when the penalty is on).
+        Objectives log each term per task, so a term the policy games shows in the report.
 
         Raises:
             ValueError: `record` has no label for this task.
         """
         target = self.target(record)
         prediction = self.parse(text, record)
-        if prediction is None:
-            return 0.0
         weights = self.weights
-        return weights["format"] + sum(weights[k] * v for k, v in self.reward_terms(prediction, target).items())
+        terms = {k: 0.0 for k in weights}
+        if prediction is not None:
+            terms["format"] = weights["format"]
+            terms.update({k: weights[k] * v for k, v in self.reward_terms(prediction, target).items()})
+        if self.length_penalty:
+            terms["length"] = -self.length_penalty * len(text.split())
+        return terms
 
     def check_label(self, record: AMTRecord) -> None:
         """Raise `ValueError` unless `record` carries this task's label (`has_label`)."""
@@ -188,6 +209,13 @@ def check_media_support(tasks: Mapping[str, Task], accepts: frozenset[str], back
             raise ValueError(f"task {name!r} shows {missing}, which backbone {backbone} cannot take (it takes "
                              f"{sorted(accepts)}); set task_args: {{{name}: {{media: [...]}}}} to some of {can}, "
                              "or choose a backbone that takes them (docs/audio.md)")
+
+
+def check_length_penalty(penalty: float, owner: str) -> float:
+    """Validate a task's `length_penalty`: a finite float >= 0 (per word of the answer)."""
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or penalty < 0:
+        raise ValueError(f"{owner}: length_penalty={penalty!r}, expected a finite float >= 0 (subtracted per word)")
+    return float(penalty)
 
 
 def check_reward_weights(weights: Mapping[str, float] | None, owner: str,

@@ -19,7 +19,7 @@ from emoverse.metrics.ecpe import COMPAT_MODES, SCORED_EMOTIONS, Compat
 from emoverse.tasks.base import Task, check_reward_weights, check_template
 from emoverse.tasks.parsing import (
     EMOTION_SYNONYMS,
-    find_indices,
+    cause_indices,
     find_pairs,
     says_no_cause,
 )
@@ -115,15 +115,14 @@ class ECPE(Task):
     after the last turn shown are left out of the answer but stay in `target()` (they cost
     recall, as in SemEval). "Target turn" in the parsing rules below means the last turn shown.
 
-    Parsing (`parse`):
+    Parsing (`parse`, through `tasks.parsing`; negated mentions, "not 5_joy,2" or "not utterance 3",
+    are left out everywhere):
     - every `<turn>_<emotion>,<cause>` found anywhere is a pair (emotion synonyms allowed);
-    - otherwise, an answer without digits that is empty or says none/no/nothing is "no cause";
-    - otherwise, every integer in the text is a cause index of the target utterance, paired with
-      the target's turn and emotion (needs the record, or the target in offline scoring), unless the
-      answer repeats the prompt's conversation lines (`3_joy. Ross: ...`): that is unparsed;
+        if not indices or turn is None or emotion is None or _ECHOED_TURN.search(text):
     - pairs about another utterance than the target (emotion turn != target turn), causes
       outside 1..target turn and unknown emotion words are dropped and counted
-      (`ECPEAnswer.ignored`); pairs are de-duplicated; anything else is `None`.
+      (`ECPEAnswer.ignored`); pairs are de-duplicated; pairs giving one utterance more than one
+      emotion are a hedge (`None`); anything else is `None`.
 
     Reward terms: `correct`, the pair F1 of the answer's pairs against the utterance's gold pairs
     (pairs as `ECPEPairF1` counts them: (emotion turn, cause turn, emotion), neutral ones left out);
@@ -254,6 +253,10 @@ class ECPE(Task):
     @staticmethod
     def _parse(text: str, turn: int | None, emotion: str | None, last: int | None = None) -> ECPEAnswer | None:
         found = find_pairs(text)
+        indices = [] if found else cause_indices(text)
+        if says_no_cause(text):
+            # "none" beside a cause is two answers at once: no reading of it is the answer
+            return None if found or indices else ECPEAnswer()
         if found:
             triples, ignored = [], 0
             for emotion_turn, word, cause in found:
@@ -264,11 +267,13 @@ class ECPE(Task):
                     ignored += 1
                 else:
                     triples.append((emotion_turn, cause, label))
+            emotions: dict[int, set[str]] = {}
+            for emotion_turn, _, label in triples:
+                emotions.setdefault(emotion_turn, set()).add(label)
+            if any(len(labels) > 1 for labels in emotions.values()):
+                return None  # one utterance has one emotion: several are a hedge over the closed set
             return ECPEAnswer(tuple(dict.fromkeys(triples)), ignored)
-        if says_no_cause(text):
-            return ECPEAnswer()
-        causes = find_indices(text)
-        if not causes or turn is None or emotion is None or _ECHOED_TURN.search(text):
+        if not indices or turn is None or emotion is None or _ECHOED_TURN.search(text):
             return None
-        kept = [c for c in causes if 1 <= c <= (last if last is not None else turn)]
-        return ECPEAnswer(tuple(dict.fromkeys((turn, c, emotion) for c in kept)), len(causes) - len(kept))
+        kept = [c for c in indices if 1 <= c <= (last if last is not None else turn)]
+        return ECPEAnswer(tuple(dict.fromkeys((turn, c, emotion) for c in kept)), len(indices) - len(kept))

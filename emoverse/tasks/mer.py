@@ -33,8 +33,10 @@ released MELD prompts show the utterance alone; the turns are `speaker: text` li
 class MER(Task):
     """Seven-way emotion recognition; the answer is the capitalised label and a full stop.
 
-    Parsing: the first emotion word named wins, synonyms included (happy → joy, scared → fear,
-    calm → neutral, ...; see `parsing.EMOTION_SYNONYMS`). Scored by `EmotionAccuracyF1`.
+    Parsing: the one emotion the answer asserts, synonyms included (happy → joy, scared → fear,
+    calm → neutral, ...; see `parsing.EMOTION_SYNONYMS`); negated mentions ("not happy") are
+    removed, and an answer naming several emotions is a hedge and unparsed (`parsing.parse_emotion`).
+    Scored by `EmotionAccuracyF1`.
 
     Reward terms: `correct`, the parsed label equals the gold one.
 

@@ -25,8 +25,9 @@ MSA_TEMPLATE = (
 class MSA(Task):
     """Binary sentiment: score ≥ 0 is answered "Positive.", score < 0 "Negative." (N/N scheme).
 
-    Parsing: the first of positive/negative/neutral named wins (neutral reads as 0.0); without
-    such a word, the first number in [-3, 3] is taken as a score. Scored by `SentimentAcc2`.
+    Parsing: the one of positive/negative/neutral the answer asserts (neutral reads as 0.0; negated
+    or several → unparsed); without such a word, its one number in [-3, 3] is taken as a score
+    (`parsing.parse_sentiment`). Scored by `SentimentAcc2`.
 
     Reward terms: `correct`, the polarity matches under the N/N scheme of Acc2 (score >= 0 is
     non-negative); `closeness`, 1 - |answer - gold| / 6 on the [-3, 3] scale (weight 0 by default:

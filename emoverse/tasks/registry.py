@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from emoverse.tasks.base import Task, check_media
+from emoverse.tasks.base import Task, check_length_penalty, check_media
 
 _TASKS: dict[str, type[Task]] = {}
 T = TypeVar("T", bound=type[Task])
@@ -20,11 +20,13 @@ def register_task(cls: T) -> T:
     return cls
 
 
-def get_task(name: str, media: Sequence[str] | None = None, **kwargs: Any) -> Task:
+def get_task(name: str, media: Sequence[str] | None = None, length_penalty: float | None = None,
+             **kwargs: Any) -> Task:
     """Build the registered task `name` (kwargs go to its constructor, e.g. a prompt template).
 
     Args:
         media: what its prompts show (`Task.media`: "frames", "video", "audio"); None keeps the task's default.
+        length_penalty: subtracted from its reward per word of the answer (`Task.length_penalty`); None: off.
     """
     try:
         cls = _TASKS[name]
@@ -32,6 +34,8 @@ def get_task(name: str, media: Sequence[str] | None = None, **kwargs: Any) -> Ta
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}") from None
     task = cls(**kwargs)
     task.media = check_media(task.media if media is None else media, f"task {name!r}")
+    if length_penalty is not None:
+        task.length_penalty = check_length_penalty(length_penalty, f"task {name!r}")
     return task
 
 
