@@ -117,13 +117,13 @@ def test_trainable_only_checkpoint_and_merged_export_reload_and_generate(tmp_pat
     assert state and all("lora_" in k for k in state)
     module.eval()
     prompts = AMTCollator(module.processor, "generate")(examples())
-    before = module.backbone.generate_ids(prompts["inputs"], 5)
+    before = module.backbone.generate_ids(prompts.inputs, 5)
     export_merged(module, tmp_path / "out")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()  # what a user loads
     assert type(plain).__name__ == "LlamaForCausalLM"
     assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template == module.processor.tokenizer.chat_template
     reloaded = CausalLMBackbone(str(tmp_path / "out")).eval()
-    assert torch.equal(reloaded.generate_ids(prompts["inputs"], 5), before)
+    assert torch.equal(reloaded.generate_ids(prompts.inputs, 5), before)
 
 
 def test_emoverse_fit_trains_a_causal_lm_folder_by_changing_only_the_backbone_entry(
@@ -177,7 +177,7 @@ def test_a_real_gguf_loads_answers_and_exports(tmp_path: Path) -> None:
     assert "Paris" in bb.generate(prompts, [12])[0]
     bb.save_pretrained(tmp_path / "out")  # through a fresh model: transformers does not save a GGUF-loaded one
     reloaded = CausalLMBackbone(str(tmp_path / "out")).eval()
-    assert torch.equal(reloaded.generate_ids(prompts["inputs"], 6), bb.generate_ids(prompts["inputs"], 6))
+    assert torch.equal(reloaded.generate_ids(prompts.inputs, 6), bb.generate_ids(prompts.inputs, 6))
 
 
 def test_trained_adapter_export_round_trips_without_a_projector(tmp_path: Path) -> None:

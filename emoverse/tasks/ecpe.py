@@ -118,7 +118,7 @@ class ECPE(Task):
     Parsing (`parse`, through `tasks.parsing`; negated mentions, "not 5_joy,2" or "not utterance 3",
     are left out everywhere):
     - every `<turn>_<emotion>,<cause>` found anywhere is a pair (emotion synonyms allowed);
-        if not indices or turn is None or emotion is None or _ECHOED_TURN.search(text):
+        if not indices or turn is None or emotion is None:
     - pairs about another utterance than the target (emotion turn != target turn), causes
       outside 1..target turn and unknown emotion words are dropped and counted
       (`ECPEAnswer.ignored`); pairs are de-duplicated; pairs giving one utterance more than one
@@ -252,6 +252,8 @@ class ECPE(Task):
 
     @staticmethod
     def _parse(text: str, turn: int | None, emotion: str | None, last: int | None = None) -> ECPEAnswer | None:
+        if _ECHOED_TURN.search(text):
+            return None  # the conversation's lines repeated: neither their numbers nor their words are an answer
         found = find_pairs(text)
         indices = [] if found else cause_indices(text)
         if says_no_cause(text):
@@ -273,7 +275,7 @@ class ECPE(Task):
             if any(len(labels) > 1 for labels in emotions.values()):
                 return None  # one utterance has one emotion: several are a hedge over the closed set
             return ECPEAnswer(tuple(dict.fromkeys(triples)), ignored)
-        if not indices or turn is None or emotion is None or _ECHOED_TURN.search(text):
+        if not indices or turn is None or emotion is None:
             return None
         kept = [c for c in indices if 1 <= c <= (last if last is not None else turn)]
         return ECPEAnswer(tuple(dict.fromkeys((turn, c, emotion) for c in kept)), len(indices) - len(kept))
