@@ -273,8 +273,8 @@ def test_packing_with_audio(name: str) -> None:
     bb = with_lora(name).eval()
     proc = bb.processor
     assert proc.packing_unsupported() is None
-    padded = collate(proc, audio_examples(name, (0.5, None, 1.0), video=name in VIDEO))
-    _assert_packed_equals_padded(bb, padded, proc.pack(padded))
+    examples = audio_examples(name, (0.5, None, 1.0), video=name in VIDEO)
+    _assert_packed_equals_padded(bb, collate(proc, examples), AMTCollator(proc, "train", pack=True)(examples))
 
 
 # clips as videos -------------------------------------------------------------------------------------------------
@@ -318,8 +318,12 @@ def test_a_clip_as_one_video(name: str) -> None:
     prompts = proc(*args, as_video=flags)["inputs"]["attention_mask"].sum(1).tolist()
     assert [proc.prompt_length(e["query"], e["images"], as_video=e["as_video"]) for e in exs] == prompts
     bb.eval()
-    alone = [bb.generate(proc([e["query"]], [e["images"]], as_video=[e["as_video"]]), [4])[0] for e in exs]
-    assert bb.generate(proc(*args, as_video=flags), [4, 4]) == alone
+    def asked(encoded: dict) -> GenerationBatch:
+        rows = len(encoded["inputs"]["input_ids"])
+        return GenerationBatch(encoded["inputs"], ["mer"] * rows, [str(i) for i in range(rows)], ["q"] * rows, [])
+
+    alone = [bb.generate(asked(proc([e["query"]], [e["images"]], as_video=[e["as_video"]])), [4])[0] for e in exs]
+    assert bb.generate(asked(proc(*args, as_video=flags)), [4, 4]) == alone
 
 
 def _release_processors(tok) -> dict[str, object]:
