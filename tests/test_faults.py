@@ -64,7 +64,7 @@ def rewrite_member(shard: Path, name: str, data: bytes) -> None:
 def test_truncated_shard_names_the_file_or_is_skipped_with_a_count(tmp_path: Path) -> None:
     paths = shards(tmp_path)
     paths[1].write_bytes(paths[1].read_bytes()[: paths[1].stat().st_size // 2])
-    with pytest.raises(CorruptShardError, match=rf"{paths[1].name}: not a readable tar shard .*truncated"):
+    with pytest.raises(CorruptShardError, match=rf"{paths[1].name}: (not a readable tar shard .*truncated|truncated tar shard)"):
         ShardIndex(tmp_path, "train")
     with pytest.warns(UserWarning, match=r"skipped 1 shard\(s\) and 0 record\(s\); kept 3 records"):
         index = ShardIndex(tmp_path, "train", on_corrupt="skip")
