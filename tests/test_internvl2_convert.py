@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from emoverse.backbones import HFVisionLanguageBackbone
 from emoverse.backbones.internvl2_convert import convert_internvl2
 from emoverse.backbones.tiny import tiny_tokenizer
+from emoverse.data.batches import Example
 from emoverse.data.collator import AMTCollator
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, layer_norm_eps=1e-6,
@@ -95,8 +96,8 @@ def test_release_layout_converts_to_the_same_network(family: str, tmp_path: Path
     converted, original = bb.core.state_dict(), model.state_dict()
     assert converted.keys() == original.keys()
     assert all(torch.equal(converted[k], original[k]) for k in original)  # every split and rename exact
-    ex = {"id": "r", "task": "msa", "query": "How does the speaker feel?", "response": "Positive",
-          "images": [Image.new("RGB", (48, 40), (200, 30, 30))], "record": None}
+    ex = Example(id="r", task="msa", query="How does the speaker feel?", response="Positive",
+                 images=[Image.new("RGB", (48, 40), (200, 30, 30))])
     inputs = AMTCollator(bb.processor, "generate")([ex]).inputs
     assert (inputs["input_ids"] == tok.convert_tokens_to_ids("<IMG_CONTEXT>")).sum() == 4  # 32 px tile, shuffle 0.5
     with torch.no_grad():

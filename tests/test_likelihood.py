@@ -33,7 +33,7 @@ def taught(answer: dict[str, str], steps: int = 60) -> EmoVerseModule:
     """tiny_text taught to answer each task's prompt with `answer[task]` (a few steps on that one example)."""
     torch.manual_seed(0)
     module = EmoVerseModule("tiny_text", tasks=sorted(answer), lr=1e-2)
-    examples = [{**make_example(record(), module.tasks[n], module.processor, 1, 0), "response": a}
+    examples = [dataclasses.replace(make_example(record(), module.tasks[n], module.processor, 1, 0), response=a)
                 for n, a in answer.items()]
     batch = AMTCollator(module.processor, "train")(examples)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)

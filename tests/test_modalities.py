@@ -53,29 +53,29 @@ WAVE = np.sin(np.linspace(0, 200, 16_000)).astype(np.float32)
 def test_a_task_shows_the_media_it_names() -> None:
     proc = Recorder()
     frames = make_example(record(WAVE), get_task("mer"), proc, num_frames=4, seed=0)
-    assert len(frames["images"]) == 4 and frames["audio"] is None and not frames["as_video"]
+    assert len(frames.images) == 4 and frames.audio is None and not frames.as_video
     both = make_example(record(WAVE), get_task("mer", media=["frames", "audio"]), proc, num_frames=4, seed=0)
-    assert len(both["images"]) == 4 and np.array_equal(both["audio"], WAVE)
+    assert len(both.images) == 4 and np.array_equal(both.audio, WAVE)
     assert proc.prompt_calls[-1].keys() == {"audio"}  # the prompt is measured with its audio tokens
     video = make_example(record(), get_task("mer", media=["video"]), proc, num_frames=4, seed=0)
-    assert len(video["images"]) == 4 and video["as_video"] and proc.prompt_calls[-1] == {"as_video": True}
+    assert len(video.images) == 4 and video.as_video and proc.prompt_calls[-1] == {"as_video": True}
     sound = make_example(record(WAVE), get_task("mer", media=["audio"]), proc, num_frames=4, seed=0)
-    assert sound["images"] == [] and sound["audio"] is not None
+    assert sound.images == [] and sound.audio is not None
     silent = make_example(record(None), get_task("mer", media=["audio"]), proc, num_frames=4, seed=0)
-    assert silent["audio"] is None  # a record without audio: shown without it
-    assert both["record"].frames == [] and both["record"].audio is None  # media stay out of the parsers' record
+    assert silent.audio is None  # a record without audio: shown without it
+    assert both.record.frames == [] and both.record.audio is None  # media stay out of the parsers' record
 
 
 def test_dropped_modalities_leave_every_prompt() -> None:
     proc, task = Recorder(), get_task("ecpe", media=["frames", "audio"])
     full = make_example(record(WAVE), task, proc, num_frames=4, seed=0)
     bare = make_example(record(WAVE), task, proc, num_frames=4, seed=0, drop=frozenset({"frames", "audio", "text"}))
-    assert bare["images"] == [] and bare["audio"] is None
-    assert "I got the job!" in full["query"] and "You start on Monday." in full["query"]
-    assert "I got the job!" not in bare["query"] and "You start on Monday." not in bare["query"]
-    assert bare["query"].count(TEXT_WITHHELD) >= 2  # every turn shown, the target and its context
-    assert bare["response"] == full["response"]  # the answer is the same; only the prompt loses the text
-    assert bare["record"].text == "I got the job!"  # the gold side keeps it
+    assert bare.images == [] and bare.audio is None
+    assert "I got the job!" in full.query and "You start on Monday." in full.query
+    assert "I got the job!" not in bare.query and "You start on Monday." not in bare.query
+    assert bare.query.count(TEXT_WITHHELD) >= 2  # every turn shown, the target and its context
+    assert bare.response == full.response  # the answer is the same; only the prompt loses the text
+    assert bare.record.text == "I got the job!"  # the gold side keeps it
 
 
 def test_the_collator_passes_media_only_when_a_row_shows_them() -> None:

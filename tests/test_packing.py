@@ -17,7 +17,7 @@ from emoverse import AMTDataModule, EmoVerseModule
 from emoverse.backbones import create_backbone
 from emoverse.backbones.base import IGNORE_INDEX
 from emoverse.backbones.packing import layout_bound, rope_index_path
-from emoverse.data.batches import TrainBatch
+from emoverse.data.batches import Example, TrainBatch
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import AMTDataset
 from emoverse.data.shards import ShardIndex
@@ -46,7 +46,7 @@ MROPE = ["tiny_qwen2_vl", "tiny_qwen2_5_vl", "tiny_qwen3_vl", "tiny_qwen3_vl_moe
 LOSS_RTOL, GRAD_RTOL, GRAD_ATOL = 2e-5, 2e-4, 1e-6
 
 
-def demo_examples(amt: Path, processor, per_task: int = 1) -> list[dict]:
+def demo_examples(amt: Path, processor, per_task: int = 1) -> list[Example]:
     ds = AMTDataset(ShardIndex(amt, "train"), TASKS, processor, num_frames=2)
     pairs = [p for t in TASKS for p in ds.pairs([t])[:per_task]]
     return [ds[p] for p in pairs]
@@ -118,13 +118,13 @@ def _assert_packed_equals_padded(backbone, padded: TrainBatch, packed: TrainBatc
         torch.testing.assert_close(got_grads[key], want_grads[key], rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=key)
 
 
-def mixed_examples() -> list[dict]:
+def mixed_examples() -> list[Example]:
     """Rows of different lengths, image counts and image sizes (so different grids), the first without images."""
     rng = np.random.default_rng(0)
     spec = [(0, (64, 64), 6), (2, (96, 64), 0), (1, (64, 96), 3), (1, (64, 64), 1)]
-    return [{"id": f"r{i}", "task": "mer", "query": "Which emotion does the speaker show?" + " really" * extra,
-             "response": ("joy", "neutral")[i % 2], "record": None,
-             "images": [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]}
+    return [Example(id=f"r{i}", task="mer", query="Which emotion does the speaker show?" + " really" * extra,
+                    response=("joy", "neutral")[i % 2],
+                    images=[Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)])
             for i, (n, (w, h), extra) in enumerate(spec)]
 
 
@@ -154,7 +154,7 @@ def test_packed_mrope_positions_are_each_examples_own(name: str) -> None:
     for example, n in zip(examples, lengths):
         own = _positions(backbone, AMTCollator(proc, "train")([example]))  # what the model computes for it alone
         if own is None:  # no frames: the language model counts 0..n-1 on its three axes itself
-            assert not example["images"]
+            assert not example.images
             own = torch.arange(n).view(1, 1, n).expand(3, 1, n)
         assert own.shape == (3, 1, n)
         assert given[0, 0, start:start + n].tolist() == list(range(n))  # the text positions the mask is built from

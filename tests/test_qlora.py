@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 from emoverse.backbones import Backbone, ComposedBackbone, HFVisionLanguageBackbone, create_backbone
+from emoverse.data.batches import Example
 from emoverse.data.collator import AMTCollator
 
 bnb = pytest.importorskip("bitsandbytes")
-EXAMPLES = [{"id": f"r{i}", "task": "msa", "query": "How does the speaker feel?", "response": ["Positive", "Negative"][i],
-             "images": [Image.new("RGB", (64, 64), (200 * i, 30, 30))], "record": None} for i in range(2)]
+EXAMPLES = [Example(id=f"r{i}", task="msa", query="How does the speaker feel?", response=["Positive", "Negative"][i],
+                    images=[Image.new("RGB", (64, 64), (200 * i, 30, 30))]) for i in range(2)]
 
 
 def composed(tmp_path: Path) -> Backbone:

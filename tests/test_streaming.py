@@ -23,13 +23,13 @@ def small_amt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stream_mixes_tasks_by_ratio_and_reshuffles_per_epoch(small_amt: Path, tiny_module: EmoVerseModule) -> None:
     stream = AMTStream(small_amt, "train", tiny_module.tasks, {"msa": 3, "fer": 1}, tiny_module.backbone.processor,
                        num_frames=2, shuffle=50)
-    first = [(ex["id"], ex["task"]) for ex in stream]
+    first = [(ex.id, ex.task) for ex in stream]
     counts = Counter(task for _, task in first)
     assert set(counts) == {"msa", "fer"}
     assert counts["msa"] / len(first) == pytest.approx(0.75, abs=0.02)
-    assert [(ex["id"], ex["task"]) for ex in stream] == first  # same epoch, same sequence
+    assert [(ex.id, ex.task) for ex in stream] == first  # same epoch, same sequence
     stream.set_epoch(1)
-    assert [(ex["id"], ex["task"]) for ex in stream] != first
+    assert [(ex.id, ex.task) for ex in stream] != first
 
 
 def test_streaming_datamodule_trains_with_workers(small_amt: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ _EXPORTS: dict[str, str] = {
     "AMTCollator": "emoverse.data.collator",
     "AMTDataModule": "emoverse.data.datamodule",
     "AMTDataset": "emoverse.data.dataset",
+    "Example": "emoverse.data.batches",
     "GenerationBatch": "emoverse.data.batches",
     "GroupBatch": "emoverse.data.batches",
     "TrainBatch": "emoverse.data.batches",

@@ -1,9 +1,11 @@
-"""Typed batches: what the collators make and the objectives, evaluation and backbones read.
+"""Typed examples and batches: what the datasets yield, the collators make and the objectives, evaluation
+and backbones read.
 
-A batch's kind is its type, never found by probing keys: a supervised `TrainBatch` (prompt + answer,
-labels at the answer), a `GenerationBatch` (left-padded prompts with the records the task parsers and
-gold targets need) and a `GroupBatch` (a generation batch with each prompt repeated `group_size` times
-in a row, for objectives that sample several answers per prompt). Each has `to(device)`, which
+An `Example` is one prompt with its answer, its media and its record (`make_example`), read by attribute
+like the batches. A batch's kind is its type, never found by probing keys: a supervised `TrainBatch`
+(prompt + answer, labels at the answer), a `GenerationBatch` (left-padded prompts with the records the
+task parsers and gold targets need) and a `GroupBatch` (a generation batch with each prompt repeated
+`group_size` times in a row, for objectives that sample several answers per prompt). Each has `to(device)`, which
 Lightning calls to move a batch (any object with a `to` method), so only the model inputs move.
 """
 
@@ -11,16 +13,48 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emoverse.data.record import AMTRecord
 
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
 
 def _moved(inputs: dict[str, Any], device: torch.device | str, non_blocking: bool) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
             for k, v in inputs.items()}
+
+
+@dataclass
+class Example:
+    """One training/evaluation example, as `make_example` builds it and the collators batch it.
+
+    Attributes:
+        id: its record's id.
+        task: its task's name.
+        query: the prompt text (the task's instruction, the shown dialogue turns and the answer format).
+        response: the gold answer to the prompt as shown ("" for unlabelled input).
+        images: the frames the prompt shows (empty for a task without "frames" or "video").
+        audio: the record's 16 kHz waveform for a task that hears it, else None.
+        as_video: whether `images` are shown as one video rather than as separate images.
+        record: the record without its decoded media (what the task parsers and gold targets read); None
+            for a hand-made example that no parser reads.
+        truncated: whether the oldest dialogue turns were dropped for the prompt to fit the context.
+    """
+
+    id: str
+    task: str
+    query: str
+    response: str
+    images: list[Image.Image]
+    audio: np.ndarray | None = None
+    as_video: bool = False
+    record: AMTRecord | None = None
+    truncated: bool = False
 
 
 @dataclass

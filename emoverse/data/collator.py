@@ -11,14 +11,13 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from emoverse.backbones.base import IGNORE_INDEX, BackboneProcessor, PromptTooLong
-from emoverse.data.batches import GenerationBatch, TrainBatch
+from emoverse.data.batches import Example, GenerationBatch, TrainBatch
 
 __all__ = ["IGNORE_INDEX", "AMTCollator"]
 
 
 class AMTCollator:
-    """Turn examples `{id, task, query, response, images, audio, as_video, record, truncated}` (`make_example`)
-    into a typed batch (`emoverse.data.batches`).
+    """Turn examples (`Example`, from `make_example`) into a typed batch (`emoverse.data.batches`).
 
     Mode "train" makes a `TrainBatch` (`inputs` and `labels`, per row `tasks` and `ids`, `num_truncated`:
     rows whose dialogue context was shortened to fit; `packed_lengths` when packed); mode "generate" a
@@ -42,34 +41,34 @@ class AMTCollator:
             raise ValueError("AMTCollator: pack=True applies to mode='train' only (generation is left-padded)")
         self.processor, self.mode, self.system_prompt, self.pack = processor, mode, system_prompt, pack
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> TrainBatch | GenerationBatch:
+    def __call__(self, examples: Sequence[Example]) -> TrainBatch | GenerationBatch:
         train = self.mode == "train"
         try:
-            encoded = self.processor([ex["query"] for ex in examples], [ex["images"] for ex in examples],
-                                   [ex["response"] for ex in examples] if train else None, self.system_prompt,
+            encoded = self.processor([ex.query for ex in examples], [ex.images for ex in examples],
+                                   [ex.response for ex in examples] if train else None, self.system_prompt,
                                    **batch_media(examples))
         except PromptTooLong as err:
             ex = examples[err.row]
-            raise ValueError(f"record {ex['id']} ({ex['task']}): {err.tokens} tokens exceed the context of "
+            raise ValueError(f"record {ex.id} ({ex.task}): {err.tokens} tokens exceed the context of "
                              f"{err.max_length}; shorten its query (make_example drops the oldest context turns)"
                              ) from None
-        tasks, ids = [ex["task"] for ex in examples], [ex["id"] for ex in examples]
-        truncated = sum(bool(ex.get("truncated")) for ex in examples)
+        tasks, ids = [ex.task for ex in examples], [ex.id for ex in examples]
+        truncated = sum(ex.truncated for ex in examples)
         if not train:
-            return GenerationBatch(encoded["inputs"], tasks, ids, [ex["query"] for ex in examples],
-                                   [ex["record"] for ex in examples], truncated, [ex["response"] for ex in examples])
+            return GenerationBatch(encoded["inputs"], tasks, ids, [ex.query for ex in examples],
+                                   [ex.record for ex in examples], truncated, [ex.response for ex in examples])
         if not self.pack:
             return TrainBatch(encoded["inputs"], encoded["labels"], tasks, ids, truncated)
         packed = self.processor.pack(encoded)
         return TrainBatch(packed["inputs"], packed["labels"], tasks, ids, truncated, packed["packed_lengths"])
 
 
-def batch_media(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def batch_media(examples: Sequence[Example]) -> dict[str, Any]:
     """The processor's media arguments for a batch (`audios`, `as_video`, per row), only those some row shows,
     so a processor without audio or video support is called exactly as for image-only examples."""
     out: dict[str, Any] = {}
-    if any(ex.get("audio") is not None for ex in examples):
-        out["audios"] = [ex.get("audio") for ex in examples]
-    if any(ex.get("as_video") for ex in examples):
-        out["as_video"] = [bool(ex.get("as_video")) for ex in examples]
+    if any(ex.audio is not None for ex in examples):
+        out["audios"] = [ex.audio for ex in examples]
+    if any(ex.as_video for ex in examples):
+        out["as_video"] = [ex.as_video for ex in examples]
     return out

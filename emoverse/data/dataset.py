@@ -13,6 +13,7 @@ from PIL import Image
 
 from emoverse.backbones.base import BackboneProcessor
 from emoverse.data.audio import decode_audio
+from emoverse.data.batches import Example
 from emoverse.data.record import AMTRecord
 from emoverse.data.shards import ShardIndex
 
@@ -89,7 +90,7 @@ class AMTDataset(torch.utils.data.Dataset):
         names = tasks or list(self.tasks)
         return [(i, t) for t in names for i, has in enumerate(self.record_tasks) if t in has]
 
-    def __getitem__(self, key: tuple[int, str]) -> dict[str, Any]:
+    def __getitem__(self, key: tuple[int, str]) -> Example:
         i, name = key
         record = self.index.record(i, with_audio=self.hears(name))
         return make_example(record, self.tasks[name], self.processor, self.num_frames, self.seed,
@@ -115,8 +116,8 @@ class AMTDataset(torch.utils.data.Dataset):
         record = dataclasses.replace(record, frames=frames)
         ex = make_example(record, self.tasks[task], self.processor, self.num_frames, self.seed, self.system_prompt,
                           drop=self.drop)
-        return (self.processor.prompt_length(ex["query"], ex["images"], self.system_prompt, **prompt_media(ex))
-                + len(self.processor.tokenize(ex["response"])) + len(self.processor.end_ids))
+        return (self.processor.prompt_length(ex.query, ex.images, self.system_prompt, **prompt_media(ex))
+                + len(self.processor.tokenize(ex.response)) + len(self.processor.end_ids))
 
 
 @functools.lru_cache(maxsize=64)
@@ -158,8 +159,8 @@ def check_drop(drop: Sequence[str], owner: str) -> frozenset[str]:
 
 def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, num_frames: int, seed: int,
                  system_prompt: str | None = None, label: bool = True, drop: frozenset[str] = frozenset()
-                 ) -> dict[str, Any]:
-    """One training/evaluation example: the task's (query, response), the media it shows (`task.media`,
+                 ) -> Example:
+    """One training/evaluation example (`Example`): the task's (query, response), the media it shows (`task.media`,
     less the modalities in `drop`), and the record without its decoded media (what parsers and targets
     read). `record` itself is not changed.
 
@@ -176,7 +177,7 @@ def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, nu
     shows = set(task.media) - ({"frames", "video"} if "frames" in drop else set()) - (drop & {"audio"})
     images = rgb_frames(select_frames(record, task.frames, num_frames), where) if shows & {"frames", "video"} else []
     audio = decode_audio(record.audio, where) if "audio" in shows and record.audio is not None else None
-    media = prompt_media({"audio": audio, "as_video": "video" in shows})
+    media = _media(audio, "video" in shows)
     seed_text = f"{seed}/{record.id}/{task.name}"
 
     def pose(context: list[Any]) -> tuple[str, str]:  # (query, response) showing these dialogue turns
@@ -200,16 +201,19 @@ def make_example(record: AMTRecord, task: Task, processor: BackboneProcessor, nu
                              "or a backbone with a longer context")
         context, truncated = context[1:], True
         query, response = pose(context)
-    return {"id": record.id, "task": task.name, "query": query, "response": response, "images": images,
-            "audio": audio, "as_video": "video" in shows,
-            "record": dataclasses.replace(record, frames=[], audio=None), "truncated": truncated}
+    return Example(id=record.id, task=task.name, query=query, response=response, images=images, audio=audio,
+                   as_video="video" in shows, record=dataclasses.replace(record, frames=[], audio=None),
+                   truncated=truncated)
 
 
-def prompt_media(example: Mapping[str, Any]) -> dict[str, Any]:
+def prompt_media(example: Example) -> dict[str, Any]:
     """The media arguments of `BackboneProcessor.prompt_length` for an example: only those it shows, so a
     processor without audio or video support is called exactly as for an image-only example."""
-    return {**({"audio": example["audio"]} if example.get("audio") is not None else {}),
-            **({"as_video": True} if example.get("as_video") else {})}
+    return _media(example.audio, example.as_video)
+
+
+def _media(audio: Any, as_video: bool) -> dict[str, Any]:
+    return {**({"audio": audio} if audio is not None else {}), **({"as_video": True} if as_video else {})}
 
 
 TEXT_WITHHELD = "(transcript withheld)"

@@ -22,6 +22,7 @@ from emoverse.data.dataset import check_drop, hears, make_example
 from emoverse.data.shards import OnCorrupt, shard_paths, stream_records
 
 if TYPE_CHECKING:
+    from emoverse.data.batches import Example
     from emoverse.tasks.base import Task
 
 
@@ -69,7 +70,7 @@ class AMTStream(torch.utils.data.IterableDataset):
             if task.has_label(record):
                 yield record
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Example]:
         seed = self.seed * 100_003 + self.epoch
         ended: list[str] = []
         seen = [0]  # records this worker read, labelled or not

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from emoverse.backbones.base import IGNORE_INDEX, Backbone, BackboneProcessor, Sampling
-from emoverse.data.batches import GroupBatch
+from emoverse.data.batches import Example, GroupBatch
 from emoverse.data.collator import AMTCollator
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class GroupCollator:
         self.group_size = group_size
         self.inner = AMTCollator(processor, "generate", system_prompt)
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> GroupBatch:
+    def __call__(self, examples: Sequence[Example]) -> GroupBatch:
         b = self.inner([ex for ex in examples for _ in range(self.group_size)])
         return GroupBatch(b.inputs, b.tasks, b.ids, b.queries, b.records, b.num_truncated, b.responses,
                           group_size=self.group_size)
