@@ -246,8 +246,19 @@ class Backbone(nn.Module, ABC):
         """Floating inputs (pixel values, audio features) in the encoders' dtype (the vision encoder's, else the
         audio encoder's)."""
         dtype = next(self.part("vision" if "vision" in self.part_paths() else "audio").parameters()).dtype
-        return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                for k, v in inputs.items()}
+        return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() and k != "attention_mask"
+                else v for k, v in inputs.items()}
+
+    def mask_dtype(self) -> torch.dtype:
+        """The dtype of an additive attention mask: the language model's compute dtype (a shared-prompt row's 4D
+        mask, `objectives.shared_rows`)."""
+        return next((p.dtype for p in self.part("language_model").parameters() if p.is_floating_point()
+                     and p.dtype in (torch.float32, torch.float16, torch.bfloat16)), torch.float32)
+
+    def shared_positions(self, prompts: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The rotary positions `[axes, prompts, width]` of left-padded prompts for a model that computes them
+        itself (M-RoPE), or None for a model that reads plain `position_ids` (the default)."""
+        return None
 
 
 def _keep_cpu_4bit_layout(model: nn.Module) -> None:

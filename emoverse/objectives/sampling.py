@@ -30,6 +30,7 @@ class GroupCollator:
     `records`) with every example repeated `group_size` times in a row, so one batched generation samples
     each prompt's group of answers.
 
+    It also encodes each prompt once (`GroupBatch.once`), for the shared-prompt rows that score the answers.
     It collates the same (record, task) draws as any stage, so the train loader's state (draws delivered) is
     the position as for any stage. Each copy is encoded, so any backbone's multimodal inputs (pixel values
     laid out per frame, grid sizes) repeat correctly.
@@ -48,8 +49,9 @@ class GroupCollator:
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> GroupBatch:
         b = self.inner([ex for ex in examples for _ in range(self.group_size)])
+        once = self.inner(list(examples)).inputs
         return GroupBatch(b.inputs, b.tasks, b.ids, b.queries, b.records, b.num_truncated, b.responses,
-                          group_size=self.group_size)
+                          group_size=self.group_size, once=once)
 
 
 @dataclass
