@@ -1,6 +1,7 @@
-"""Shared-prompt rows (`objectives.shared_rows`): one row per group, `[prompt; answer_1; ...; answer_G]`, gives the
-repeated `[prompt; answer]` rows' log-probabilities, GRPO and preference losses and gradients on every tiny preset that
-packs; a backbone that cannot pack cannot share and says why in one line."""
+"""Each prompt once: group rollouts from one prefill (`Backbone.sample_groups`) sample the repeated prompts' answers,
+and shared-prompt rows (`objectives.shared_rows`), one row per group `[prompt; answer_1; ...; answer_G]`, give the
+repeated `[prompt; answer]` rows' log-probabilities, GRPO and preference losses and gradients on every tiny preset
+that packs; a backbone that cannot share says why in one line."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from emoverse.backbones.base import Sampling
 from emoverse.objectives.grpo import grpo_loss
 from emoverse.objectives.sampling import GroupCollator, answer_inputs, token_logprobs
 from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported
 from tests.test_backbones import TINY, with_lora
-from tests.test_packing import CAN_PACK, CANNOT_PACK, demo_examples
+from tests.test_packing import CAN_PACK, CANNOT_PACK, MROPE, demo_examples
 
 # Measured (CPU, float32, sdpa): per-token log-probabilities of shared rows agree with the repeated rows' to <= 1e-6
 # relative and gradients to well under 1e-5 of each tensor's largest entry on every preset that packs.
@@ -82,3 +84,33 @@ def test_shared_rows_equal_repeated_rows_in_logprobs_loss_and_gradients(demo_amt
     for key in want_grads:
         scale = want_grads[key].abs().max().clamp(min=1e-12)
         assert (got_grads[key] - want_grads[key]).abs().max() <= RTOL * scale + 1e-9, key
+
+
+GROUP_SAMPLING_REFUSED = {**dict.fromkeys(MROPE, "rope_deltas"), "tiny_paligemma": "bidirectional"}
+"""The presets that sample from repeated prompts (M-RoPE offsets stay per prompt after the prefill; PaliGemma's prompt
+attends both ways), with what their one-line reason names."""
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_each_prompt_prefilled_once_samples_the_repeated_prompts_answers(demo_amt: Path, name: str) -> None:
+    """Same seed, same answers: the first step too draws from `[prompts x G, vocab]` probabilities, so checkpoints'
+    RNG state gives the same rollouts as before, and a resumed stage the same as an uninterrupted one."""
+    backbone = with_lora(name)
+    backbone.eval()
+    reason = backbone.group_sampling_unsupported()
+    if name in GROUP_SAMPLING_REFUSED:
+        assert reason and "\n" not in reason and GROUP_SAMPLING_REFUSED[name] in reason, reason
+        return
+    assert reason is None
+    batch = GroupCollator(backbone.processor, 4)(demo_examples(demo_amt, backbone.processor)[:3])
+    sampling = Sampling(temperature=1.3, top_p=0.9)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        want = backbone.generate_ids(batch.inputs, 8, sampling)
+        after_want = torch.rand(3)
+        torch.manual_seed(7)
+        got = backbone.sample_groups(batch.once, 4, 8, sampling)
+        after_got = torch.rand(3)
+    assert torch.equal(got, want)
+    assert torch.equal(after_got, after_want)  # the same random numbers drawn
+    assert len({tuple(r) for r in got.tolist()}) > 3  # the copies of a prompt sample different answers

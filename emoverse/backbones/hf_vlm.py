@@ -216,6 +216,14 @@ class HFVisionLanguageBackbone(Backbone):
         module = self.core.get_submodule(self._rope_path)
         return {**inputs, "position_ids": packed_rope_positions(module, inputs, lengths)}
 
+    def group_sampling_unsupported(self) -> str | None:
+        """As `Backbone.group_sampling_unsupported`: a model with its own M-RoPE positions keeps the prefill's
+        per-prompt `rope_deltas`, which continuing on repeated prompts does not repeat."""
+        if self._rope_path is not None:
+            return (f"{type(self.core).__name__} keeps per-prompt M-RoPE offsets (rope_deltas) from its prefill, which a "
+                    "repeated cache does not repeat")
+        return super().group_sampling_unsupported()
+
     def shared_positions(self, prompts: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """As `Backbone.shared_positions`: the model's own `get_rope_index` of the left-padded prompts (each row's
         positions start at 0 at its first real token), or None for a model without one."""

@@ -84,7 +84,8 @@ class GRPO(Objective):
         reference: the reference policy of the KL term: "base" = the same model with its LoRA adapters
             disabled; "stage_start" = the model as the stage began (after SFT), from a frozen copy of the
             weights the stage trains, kept in checkpoints (`Reference`).
-        share_prompts: score each group's answers in one shared-prompt row `[prompt; answer_1; ...; answer_G]`
+        share_prompts: sample each group from its prompt prefilled once (`Backbone.sample_groups`) and score its
+            answers in one shared-prompt row `[prompt; answer_1; ...; answer_G]`
             (`objectives.shared_rows`: the prompt and its media encoded once, equal log-probabilities); False, or a
             backbone that cannot share (it says why at setup), scores G repeated `[prompt; answer]` rows.
     """
@@ -125,9 +126,15 @@ class GRPO(Objective):
 
     def check_model(self, stage: Stage, tasks: Mapping[str, Task], backbone: Backbone) -> None:
         check_sampling_stage(stage, tasks, backbone, self.name)
-        reason = sharing_unsupported(backbone) if self.share_prompts else None
+        if not self.share_prompts:
+            return
+        reason = sharing_unsupported(backbone)
         if reason is not None:
             warnings.warn(f"Stage {stage.name!r} (objective: grpo): {reason}; scoring repeated [prompt; answer] rows",
+                          stacklevel=2)
+        reason = backbone.group_sampling_unsupported()
+        if reason is not None:
+            warnings.warn(f"Stage {stage.name!r} (objective: grpo): {reason}; sampling from repeated prompts",
                           stacklevel=2)
 
     def training_step(self, module: LightningModule, batch: GroupBatch, stage: int) -> Tensor:
@@ -218,7 +225,7 @@ def grpo_step(backbone: Backbone, batch: GroupBatch, tasks: Mapping[str, Task], 
     if group != settings.group_size:
         raise ValueError(f"batch has groups of {group} answers but the stage's GRPO.group_size is {settings.group_size}")
     samples = sample_answers(backbone, batch, tasks, Sampling(settings.temperature, settings.top_p),
-                             settings.max_new_tokens)
+                             settings.max_new_tokens, share=settings.share_prompts)
     device = batch.inputs["input_ids"].device
     advantages = group_advantages(torch.tensor(samples.rewards, dtype=torch.float32, device=device), group)
     if settings.share_prompts and batch.once is not None and sharing_unsupported(backbone) is None:
