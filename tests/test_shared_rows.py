@@ -12,6 +12,7 @@ import torch
 
 from emoverse.backbones.base import Sampling
 from emoverse.objectives.grpo import grpo_loss
+from emoverse.objectives.preference import Pair, Preference
 from emoverse.objectives.sampling import GroupCollator, answer_inputs, token_logprobs
 from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported
 from tests.test_backbones import TINY, with_lora
@@ -114,3 +115,35 @@ def test_each_prompt_prefilled_once_samples_the_repeated_prompts_answers(demo_am
     assert torch.equal(got, want)
     assert torch.equal(after_got, after_want)  # the same random numbers drawn
     assert len({tuple(r) for r in got.tolist()}) > 3  # the copies of a prompt sample different answers
+
+
+@pytest.mark.parametrize("name", sorted(CAN_SHARE))
+def test_a_preference_pair_in_one_shared_row_equals_its_two_rows(demo_amt: Path, name: str) -> None:
+    backbone = with_lora(name)
+    backbone.eval()
+    proc = backbone.processor
+    batch = GroupCollator(proc, 3)(demo_examples(demo_amt, proc)[:3])
+    sampled = answers_for(proc, 3, 3)
+    pairs = [Pair(k, k + 2, 1.0, 0.0, True) for k in range(0, 9, 3)]
+    answers: list[list[int]] = [[] for _ in range(9)]
+    for k in range(0, 9, 3):
+        answers[k], answers[k + 1] = sampled[k], sampled[k + 2]
+
+    def loss_and_grads(share: bool):
+        backbone.zero_grad(set_to_none=True)
+        out = Preference(group_size=3, share_prompts=share).score(backbone, batch, pairs, answers)
+        out["loss"].backward()
+        return {k: v.detach() for k, v in out.items()}, _grads(backbone)
+
+    with torch.no_grad():  # LoRA away from zero, so the policy differs from the reference (adapters disabled)
+        for n, p in backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
+    want, want_grads = loss_and_grads(False)
+    got, got_grads = loss_and_grads(True)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=RTOL, atol=1e-6, msg=key)
+    assert got_grads.keys() == want_grads.keys() and want_grads
+    for key in want_grads:
+        scale = want_grads[key].abs().max().clamp(min=1e-12)
+        assert (got_grads[key] - want_grads[key]).abs().max() <= RTOL * scale + 1e-9, key

@@ -30,7 +30,6 @@ distribution the answers were sampled from (logits / temperature).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +52,7 @@ from emoverse.objectives.sampling import (
     sample_answers,
     token_logprobs,
 )
-from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported
+from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported, warn_unshared
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
@@ -126,16 +125,8 @@ class GRPO(Objective):
 
     def check_model(self, stage: Stage, tasks: Mapping[str, Task], backbone: Backbone) -> None:
         check_sampling_stage(stage, tasks, backbone, self.name)
-        if not self.share_prompts:
-            return
-        reason = sharing_unsupported(backbone)
-        if reason is not None:
-            warnings.warn(f"Stage {stage.name!r} (objective: grpo): {reason}; scoring repeated [prompt; answer] rows",
-                          stacklevel=2)
-        reason = backbone.group_sampling_unsupported()
-        if reason is not None:
-            warnings.warn(f"Stage {stage.name!r} (objective: grpo): {reason}; sampling from repeated prompts",
-                          stacklevel=2)
+        if self.share_prompts:
+            warn_unshared(stage, backbone, self.name)
 
     def training_step(self, module: LightningModule, batch: GroupBatch, stage: int) -> Tensor:
         """Sample, reward and score a group batch (`grpo_step`), with this stage's reference; log it (`log_grpo`)."""

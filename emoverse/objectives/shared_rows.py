@@ -16,6 +16,7 @@ repeated computation's outputs and gradients.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from emoverse.backbones.processor_packing import per_token_inputs
 
 if TYPE_CHECKING:
     from emoverse.backbones.base import Backbone
+    from emoverse.curriculum.stage import Stage
 
 
 def sharing_unsupported(backbone: Backbone) -> str | None:
@@ -57,6 +59,18 @@ def sharing_unsupported(backbone: Backbone) -> str | None:
     reason = None if reason is None else f"prompts cannot be shared: {reason}"
     backbone._sharing_unsupported = reason  # type: ignore[attr-defined]
     return reason
+
+
+def warn_unshared(stage: Stage, backbone: Backbone, objective: str) -> None:
+    """At setup, one line per thing `backbone` cannot share (scoring rows, sampling from one prefill) and what it
+    does instead."""
+    where = f"Stage {stage.name!r} (objective: {objective})"
+    reason = sharing_unsupported(backbone)
+    if reason is not None:
+        warnings.warn(f"{where}: {reason}; scoring repeated [prompt; answer] rows", stacklevel=3)
+    reason = backbone.group_sampling_unsupported()
+    if reason is not None:
+        warnings.warn(f"{where}: {reason}; sampling from repeated prompts", stacklevel=3)
 
 
 @dataclass
