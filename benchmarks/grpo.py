@@ -35,19 +35,22 @@ TOKENS = {"mer": 4, "msa": 4}
 """The quickstart GRPO stage's answer budgets."""
 
 
-def timed(fn, steps: int, device: str) -> float:
-    """Median seconds of `fn()` over `steps` runs (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+def timed(fns: dict, steps: int, device: str) -> dict:
+    """Median seconds of each `fns[key]()` over `steps` runs (after one warm-up run each), the modes interleaved run by
+    run, so that load from other processes falls on both alike."""
+    for fn in fns.values():
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times: dict = {key: [] for key in fns}
+    for _ in range(steps):
+        for key, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[key].append(time.perf_counter() - t)
+    return {key: statistics.median(v) for key, v in times.items()}
 
 
 def measure(root: Path, backbone: str, group: int, prompts: int, steps: int, device: str) -> dict:
@@ -85,12 +88,12 @@ def measure(root: Path, backbone: str, group: int, prompts: int, steps: int, dev
         got = shared_logprobs(bb, rows)[0].sum(1)
         want = token_logprobs(bb, *answer_inputs(bb, batch.inputs, a_rep))[0].sum(1)
     logp_diff = float(((got - want).abs() / want.abs().clamp(min=1e-12)).max())
-    t_step = {m: timed(lambda m=m: step(m), steps, device) for m in (True, False)}
+    t_step = timed({m: lambda m=m: step(m) for m in (True, False)}, steps, device)
 
     def rollout(share: bool) -> None:
         sample_answers(bb, batch, module.tasks, Sampling(1.0, 1.0), TOKENS, share=share)
 
-    t_roll = {m: timed(lambda m=m: rollout(m), steps, device) for m in (True, False)}
+    t_roll = timed({m: lambda m=m: rollout(m) for m in (True, False)}, steps, device)
     answers = len(batch)
     return {"backbone": backbone, "group": group, "prompts": prompts,
             "prompt_tokens_mean": round(float(batch.once["attention_mask"].sum(1).float().mean()), 1),
