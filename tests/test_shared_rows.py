@@ -5,6 +5,7 @@ that packs; a backbone that cannot share says why in one line."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from emoverse.objectives.grpo import grpo_loss
 from emoverse.objectives.preference import Pair, Preference
 from emoverse.objectives.sampling import GroupCollator, answer_inputs, token_logprobs
 from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported
+from tests.test_audio_backbones import audio_examples
 from tests.test_backbones import TINY, with_lora
 from tests.test_packing import CAN_PACK, CANNOT_PACK, MROPE, demo_examples
 
@@ -147,3 +149,17 @@ def test_a_preference_pair_in_one_shared_row_equals_its_two_rows(demo_amt: Path,
     for key in want_grads:
         scale = want_grads[key].abs().max().clamp(min=1e-12)
         assert (got_grads[key] - want_grads[key]).abs().max() <= RTOL * scale + 1e-9, key
+
+
+AUDIO_ONLY = "tiny_qwen2_audio"
+"""The audio-only tiny preset (not in `TINY`, whose examples carry frames): it shares and samples from one prefill."""
+
+
+@pytest.mark.parametrize("check", ["scoring", "sampling", "preference"])
+def test_the_audio_only_backbone_shares_too(check: str, monkeypatch) -> None:
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "demo_examples", lambda _amt, _proc: audio_examples(AUDIO_ONLY, (0.5, 1.0, 0.7)))
+    monkeypatch.setattr(module, "CAN_SHARE", CAN_SHARE | {AUDIO_ONLY})
+    {"scoring": test_shared_rows_equal_repeated_rows_in_logprobs_loss_and_gradients,
+     "sampling": test_each_prompt_prefilled_once_samples_the_repeated_prompts_answers,
+     "preference": test_a_preference_pair_in_one_shared_row_equals_its_two_rows}[check](Path("."), AUDIO_ONLY)
