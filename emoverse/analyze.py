@@ -21,6 +21,7 @@ from emoverse import evaluation
 from emoverse.data.collator import AMTCollator
 from emoverse.data.dataset import make_example
 from emoverse.data.record import EMOTIONS, AMTLabels, AMTRecord, Utterance
+from emoverse.evaluation import ClosedAnswers
 
 if TYPE_CHECKING:
     from emoverse.backbones.base import Backbone
@@ -94,8 +95,12 @@ def check_names(tasks: Mapping[str, Task], names: Sequence[str]) -> list[str]:
 
 
 def answer_utterances(backbone: Backbone, tasks: Mapping[str, Task], inputs: Sequence[UtteranceInput],
-                      names: Sequence[str], num_frames: int = 4, batch_size: int = 16) -> list[dict[str, dict[str, Any]]]:
+                      names: Sequence[str], num_frames: int = 4, batch_size: int = 16,
+                      closed: ClosedAnswers = "generate") -> list[dict[str, dict[str, Any]]]:
     """Ask every task in `names` about every input: per input `{task: {"generation": text, "prediction": parsed}}`.
+
+    With `closed="likelihood"` a task with a closed answer set (msa, mer) answers with its most likely choice
+    (`evaluation.answer`, as `emoverse test` does with `closed_answers: likelihood`).
 
     All (input, task) pairs but ecpe go through batched generation (`batch_size` rows at a time); ecpe then
     asks about each input's emotion (given, or the mer answer: its prediction is None when that is unreadable).
@@ -120,7 +125,7 @@ def answer_utterances(backbone: Backbone, tasks: Mapping[str, Task], inputs: Seq
         record = _record(u, u.emotion)
         rows += [(i, t, record) for t in asked]
     out: list[dict[str, dict[str, Any]]] = [{} for _ in inputs]
-    for (i, t, _), got in zip(rows, _generate(backbone, tasks, [(t, r) for _, t, r in rows], num_frames, batch_size),
+    for (i, t, _), got in zip(rows, _generate(backbone, tasks, [(t, r) for _, t, r in rows], num_frames, batch_size, closed),
                               strict=True):
         out[i][t] = got
     if "ecpe" in names:
@@ -131,7 +136,7 @@ def answer_utterances(backbone: Backbone, tasks: Mapping[str, Task], inputs: Seq
                 out[i]["ecpe"] = {"generation": None, "prediction": None}
             else:
                 second.append((i, _record(u, emotion)))
-        got = _generate(backbone, tasks, [("ecpe", r) for _, r in second], num_frames, batch_size)
+        got = _generate(backbone, tasks, [("ecpe", r) for _, r in second], num_frames, batch_size, closed)
         for (i, _), answer in zip(second, got, strict=True):
             out[i]["ecpe"] = answer
     return [{t: answers[t] for t in names} for answers in out]
@@ -151,7 +156,7 @@ def check_prompts(backbone: Backbone, tasks: Mapping[str, Task], u: UtteranceInp
 
 
 def _generate(backbone: Backbone, tasks: Mapping[str, Task], pairs: list[tuple[str, AMTRecord]], num_frames: int,
-              batch_size: int) -> list[dict[str, Any]]:
+              batch_size: int, closed: ClosedAnswers = "generate") -> list[dict[str, Any]]:
     """Generate and parse (task, record) pairs in batches, in eval mode (restored afterwards)."""
     answers: list[dict[str, Any]] = []
     if not pairs:
@@ -164,9 +169,8 @@ def _generate(backbone: Backbone, tasks: Mapping[str, Task], pairs: list[tuple[s
             chunk = pairs[start:start + batch_size]
             examples = [make_example(r, tasks[t], backbone.processor, num_frames, seed=0, label=False) for t, r in chunk]
             batch = AMTCollator(backbone.processor, "generate")(examples).to(device)
-            texts = evaluation.generate(backbone, batch, tasks)
-            answers += [{"generation": text, "prediction": tasks[t].parse(text, r)}
-                        for (t, r), text in zip(chunk, texts, strict=True)]
+            answers += [{"generation": row["generation"], "prediction": row["prediction"]}
+                        for row in evaluation.answer(backbone, batch, tasks, closed=closed)]
     finally:
         backbone.train(was_training)
     return answers
@@ -175,7 +179,8 @@ def _generate(backbone: Backbone, tasks: Mapping[str, Task], pairs: list[tuple[s
 def analyze(backbone: Backbone, tasks: Mapping[str, Task], clip: str | Path | Sequence[Image.Image], text: str,
             names: Sequence[str], *, audio: np.ndarray | None = None, speaker: str | None = None,
             context: Sequence[Utterance | Mapping[str, Any]] = (), turn: int | None = None, emotion: str | None = None,
-            num_frames: int = 4, peak_frame: int | None = None, openface: str | Path | None = None) -> dict[str, Any]:
+            num_frames: int = 4, peak_frame: int | None = None, openface: str | Path | None = None,
+            closed: ClosedAnswers = "generate") -> dict[str, Any]:
     """`{task: parsed answer}` for one clip given as a video file or as frames (plus audio); see
     `EmoVerseModule.analyze`."""
     names = check_names(tasks, names)
@@ -190,7 +195,7 @@ def analyze(backbone: Backbone, tasks: Mapping[str, Task], clip: str | Path | Se
         frames = list(clip)
     u = UtteranceInput(text=text, frames=frames, audio=audio, peak_frame=peak_frame, speaker=speaker,
                        context=context_turns(context), turn=turn, emotion=emotion)
-    return {t: a["prediction"] for t, a in answer_utterances(backbone, tasks, [u], names, num_frames)[0].items()}
+    return {t: a["prediction"] for t, a in answer_utterances(backbone, tasks, [u], names, num_frames, closed=closed)[0].items()}
 
 
 def load_module(ckpt_path: str | Path | None = None, model: str | Path | None = None,

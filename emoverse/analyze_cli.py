@@ -137,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frame_size", type=int, default=448, help="decoded frames' side, as the AMT build's frame_size")
     p.add_argument("--num_frames", type=int, default=4, help="frames a video prompt shows (the datamodule's num_frames)")
     p.add_argument("--batch_size", type=int, default=16, help="prompts per generation batch")
+    p.add_argument("--closed_answers", choices=["generate", "likelihood"], default=None,
+                   help="msa and mer by generation or by the likelihood of each label (default: the model's setting)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     return p
 
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             lines[k] = error_line(clip, err)
 
     inputs = [u for *_, u in ready]
-    answers = answer_utterances(module.backbone, module.tasks, inputs, names, args.num_frames, args.batch_size)
+    closed = args.closed_answers or module.hparams.get("closed_answers", "generate")
+    answers = answer_utterances(module.backbone, module.tasks, inputs, names, args.num_frames, args.batch_size, closed)
     for (k, decoded, text, text_from, _), got in zip(ready, answers, strict=True):
         lines[k] = clip_line(args.clips[k], decoded, text, text_from, got)
 

@@ -32,12 +32,14 @@ AUDIO_PROJECTOR_FILE = "audio_projector.safetensors"
 
 
 def export_trained(module: EmoVerseModule, out_dir: str | Path) -> Path:
-    """Write `{out_dir}/lora/` (peft adapter, safetensors) and `{out_dir}/projector.safetensors`."""
+    """Write `{out_dir}/lora/` (peft adapter, safetensors) and `{out_dir}/projector.safetensors` (where the backbone
+    has a projector)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     module.backbone.model.save_pretrained(out / ADAPTER_DIR, safe_serialization=True)
-    projector = {k: v.detach().cpu().contiguous() for k, v in module.backbone.part("projector").state_dict().items()}
-    save_file(projector, str(out / PROJECTOR_FILE))
+    if "projector" in module.backbone.part_paths():  # a text-only backbone has none
+        projector = {k: v.detach().cpu().contiguous() for k, v in module.backbone.part("projector").state_dict().items()}
+        save_file(projector, str(out / PROJECTOR_FILE))
     return out
 
 
@@ -47,13 +49,15 @@ def load_trained(module: EmoVerseModule, out_dir: str | Path) -> None:
     from peft.utils import load_peft_weights
 
     src = Path(out_dir)
-    for need in (src / ADAPTER_DIR, src / PROJECTOR_FILE):
+    projector = "projector" in module.backbone.part_paths()
+    for need in (src / ADAPTER_DIR, *([src / PROJECTOR_FILE] if projector else [])):
         if not need.exists():
             raise FileNotFoundError(f"{need} is missing; expected the output of export_trained()")
     result = set_peft_model_state_dict(module.backbone.model, load_peft_weights(str(src / ADAPTER_DIR), device="cpu"))
     if result.unexpected_keys:
         raise ValueError(f"{src / ADAPTER_DIR}: adapter keys not in this model: {result.unexpected_keys[:5]}")
-    module.backbone.part("projector").load_state_dict(load_file(str(src / PROJECTOR_FILE)))
+    if projector:
+        module.backbone.part("projector").load_state_dict(load_file(str(src / PROJECTOR_FILE)))
 
 
 def export_merged(module: EmoVerseModule, out_dir: str | Path) -> Path:

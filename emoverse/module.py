@@ -18,7 +18,7 @@ from emoverse.backbones import Backbone, BackboneProcessor, create_backbone
 from emoverse.curriculum.curriculum import Curriculum
 from emoverse.data.batches import GenerationBatch, GroupBatch, TrainBatch
 from emoverse.data.record import Utterance
-from emoverse.evaluation import SPLITS
+from emoverse.evaluation import CLOSED_ANSWERS, SPLITS, ClosedAnswers
 from emoverse.objectives.sft import SFT
 from emoverse.schedule import StageSchedule, check_optimizer_args
 from emoverse.tasks import get_task, list_tasks
@@ -59,6 +59,9 @@ class EmoVerseModule(pl.LightningModule):
         gradient_checkpointing: recompute LLM activations in the backward pass to save memory.
         predictions_path: where `test` writes its JSONL (default: `{log_dir}/test_predictions.jsonl`);
             each validation's answers go to `{log_dir}/val_predictions.jsonl` (the last one kept).
+        closed_answers: how validation, test, predict and `analyze` answer a task with a closed answer set
+            (`Task.choices`: MSA, MER): "generate" (default: greedy generation, parsed) or "likelihood" (the most
+            likely allowed answer given the prompt, lm-evaluation-harness multiple choice; docs/evaluation.md).
     """
 
     def __init__(
@@ -78,9 +81,12 @@ class EmoVerseModule(pl.LightningModule):
         weight_decay: float = 0.0,
         gradient_checkpointing: bool = False,
         predictions_path: str | None = None,
+        closed_answers: ClosedAnswers = "generate",
     ) -> None:
         super().__init__()
         check_optimizer_args(lr, warmup_ratio, weight_decay)  # before the backbone is built: fail fast, named
+        if closed_answers not in CLOSED_ANSWERS:
+            raise ValueError(f"EmoVerseModule: closed_answers={closed_answers!r}; expected one of {CLOSED_ANSWERS}")
         if isinstance(backbone, str) and backbone.startswith(_PYTHON_BUILT):
             raise ValueError(f"this module was built with a {backbone[len(_PYTHON_BUILT):]} object, which a checkpoint "
                              "cannot rebuild: pass backbone=<the same backbone> to load_from_checkpoint")
@@ -94,6 +100,9 @@ class EmoVerseModule(pl.LightningModule):
         if unknown or not tasks:
             raise ValueError(f"tasks={tasks}: unknown {unknown}; expected a non-empty list from {list_tasks()}")
         self.backbone = create_backbone(backbone, **(backbone_args or {})) if isinstance(backbone, str) else backbone
+        # every backbone trains in train mode: `from_pretrained` returns eval mode and Lightning keeps each module's
+        # mode at fit start, so a loaded LLM's dropout would silently stay off (one rule here, for every backbone)
+        self.backbone.train()
         self.backbone.add_lora(lora_r, lora_alpha, lora_dropout, lora_targets, gradient_checkpointing)
         self._ever_trained: set[str] = set()
         self._trainable_changed = False  # set_trainable ran since the last optimizer step recorded the parts
@@ -176,7 +185,7 @@ class EmoVerseModule(pl.LightningModule):
         return self.curriculum.stages[index].objective.training_step(self, batch, index)
 
     def _evaluate(self, batch: GenerationBatch, split: str) -> list[dict[str, Any]]:
-        rows = evaluation.answer(self.backbone, batch, self.tasks)
+        rows = evaluation.answer(self.backbone, batch, self.tasks, closed=self.hparams.closed_answers)
         evaluation.score(rows, self.tasks, {t: self.metrics[f"{split}_{t}"] for t in self.tasks})
         return rows
 
@@ -237,7 +246,8 @@ class EmoVerseModule(pl.LightningModule):
 
     def predict_step(self, batch: GenerationBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Rows `{id, task, prompt, generation, prediction}` as JSON data (no labels needed, no metrics)."""
-        return [evaluation.prediction_row(r) for r in evaluation.answer(self.backbone, batch, self.tasks)]
+        return [evaluation.prediction_row(r) for r in evaluation.answer(self.backbone, batch, self.tasks,
+                                                                        closed=self.hparams.closed_answers)]
 
     @torch.no_grad()
     def analyze(self, frames: str | Path | Sequence[Image.Image], text: str, tasks: Collection[str] | None = None, *,
@@ -267,12 +277,14 @@ class EmoVerseModule(pl.LightningModule):
             num_frames: frames sampled uniformly for video tasks (use the datamodule's `num_frames`).
             peak_frame: index of the most expressive frame, shown to fer (default: the middle one).
             openface: a video file's OpenFace CSV, whose peak frame fer describes.
+
+        msa and mer answer by likelihood when the module's `closed_answers` is "likelihood".
         """
         from emoverse.analyze import analyze
 
         return analyze(self.backbone, self.tasks, frames, text, list(tasks or self.tasks), audio=audio, speaker=speaker,
                        context=context, turn=turn, emotion=emotion, num_frames=num_frames, peak_frame=peak_frame,
-                       openface=openface)
+                       openface=openface, closed=self.hparams.closed_answers)
 
     # optimisation and checkpoints ------------------------------------------------------------
 

@@ -123,7 +123,9 @@ def _nearest_frames(container: av.container.InputContainer, stream: av.video.str
 
 
 def _jpeg(frame: av.VideoFrame, size: int, quality: int) -> bytes:
-    image = frame.reformat(width=size, height=size, format="rgb24").to_image()
+    # one scaling thread: PyAV >= 18 scales on an automatic thread pool by default, and a build worker forked
+    # from a process that had scaled already inherited that pool without its threads and hung
+    image = frame.reformat(width=size, height=size, format="rgb24", threads=1).to_image()
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()

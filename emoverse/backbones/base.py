@@ -181,6 +181,29 @@ class Backbone(nn.Module, ABC):
                    "suppress_tokens": proc.unsampled_ids}
         return {"eos_token_id": proc.stop_ids, "pad_token_id": proc.pad_id, **how}
 
+    @torch.no_grad()
+    def choice_logprobs(self, inputs: Mapping[str, torch.Tensor], choices: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`[B, len(choices)]`: the log-probability of each choice's tokens after each left-padded prompt of `inputs`
+        (a generation batch's inputs), summed over its tokens: likelihood scoring of closed answers.
+
+        The default appends each choice to every prompt (the media as encoded; per-token inputs extended as
+        generation extends them) and reads the response-token loss, one forward per choice; a backbone whose model
+        continues a KV cache does it in one prompt forward (`CausalLMBackbone`).
+        """
+        from emoverse.data.batches import TrainBatch  # the data package imports the backbones
+
+        device = inputs["input_ids"].device
+        prompts = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        rows = inputs["input_ids"].shape[0]
+        out = torch.empty(rows, len(choices))
+        for c, tokens in enumerate(choices):
+            # the rows [prompt; choice], right-padded, labels on the choice's tokens only (no end-of-turn)
+            full, labels = self.processor.append_responses(dict(prompts), [list(tokens)] * rows)
+            moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in full.items()}
+            batch = TrainBatch(moved, labels.to(device), tasks=["choice"] * rows, ids=[str(i) for i in range(rows)])
+            out[:, c] = -self.loss(batch)["sample_loss_sum"].float().cpu()
+        return out
+
     @property
     def can_sample(self) -> bool:
         """Whether `generate_ids` can sample (a reinforcement stage needs it): the model has a `generate`."""

@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from emoverse.backbones.causal_lm import CausalLMBackbone
 from emoverse.backbones.composed import IMAGE_TOKEN, ComposedBackbone
 from emoverse.backbones.registry import register_backbone
 from emoverse.data.record import EMOTIONS
@@ -123,3 +124,12 @@ def tiny_qwen2_mlp(image_size: int = 64, hidden: int = 96, layers: int = 2, seed
     kwargs.setdefault("pool", 2)
     kwargs.setdefault("projector", "mlp")
     return _build("qwen2", image_size, hidden, layers, seed, **kwargs)
+
+
+@register_backbone
+def tiny_text(hidden: int = 128, layers: int = 2, seed: int = 0, **kwargs: Any) -> CausalLMBackbone:
+    """Tiny Llama alone (random weights): the text-only backbone (`CausalLMBackbone`), built offline."""
+    tok = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CausalLMBackbone(_tiny_llm("llama", len(tok), hidden, layers), tok, **kwargs)

@@ -96,6 +96,12 @@ class Task(ABC):
             ValueError: `predictions` and `targets` differ in length.
         """
 
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The closed set of answers this task's responses come from (e.g. "Positive.", "Negative."), which
+        likelihood scoring ranks (`emoverse.evaluation.choose`); None: an open answer (only generation reads it)."""
+        return None
+
     def parse_offline(self, text: str, target: Any) -> Any:
         """Parse `text` when only the JSON gold `target` is known (offline scoring, no record).
 

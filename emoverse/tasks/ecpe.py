@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,30 @@ ECPE_TEMPLATE = (
 )
 """The released EmoVerse ECF 2.0 prompt (`data/ecf2_caption_test.json`)."""
 
+ECPE_E2E_TEMPLATE = (
+    "Below is a conversation containing multiple utterances from different speakers.\n"
+    "Your task is to name the emotion of the target utterance (anger, disgust, fear, joy, sadness, surprise or "
+    "neutral) and the indices of the candidate utterances that caused it.\n"
+    "Input conversation:{conversation}\n"
+    "Candidate utterances:{candidates}\n"
+    "Target utterance:{target}\n"
+    'You need to return the answer as, for example, "3_surprise,1", \n'
+    "which means that the emotion of surprise in the third sentence is related to the first sentence, \n"
+    "and if the emotion is related to more than one sentence, separate the sentences with “;”. "
+    "If the target utterance is neutral or has no cause, answer None.\n"
+    "The emotion-cause indices of the target utterance are:"
+)
+"""End-to-end ECPE (`ECPE(show_emotions=False)`): the turns are shown without their emotion labels, so the model
+names the emotion as well as the cause, as SemEval-2024 Task 3 Subtask 2 scores pair extraction. The released
+EmoVerse prompt shows every turn's gold emotion (a variant beyond the paper's prompts)."""
+
 Triple = tuple[int, int, str]
 """(emotion_turn, cause_turn, emotion), turns 1-based."""
+
+_ECHOED_TURN = re.compile(r"(?m)^\W*\d+(?:_[A-Za-z]+)?\.\s+[^\n:]{1,60}:")
+"""A conversation line as the prompt writes it (`3_joy. Ross:` or `3. Ross:`), at the start of a line: an answer that
+repeats the prompt's turns is not a list of cause indices (SmolLM2-135M-Instruct zero-shot echoes them, and their
+turn numbers read as causes paired with the target's gold emotion scored F1 0.22 on ECF dev)."""
 
 
 @dataclass  # not frozen: Lightning's predict loop rebuilds dataclasses field by field (move_data_to_device)
@@ -95,12 +118,7 @@ class ECPE(Task):
     Parsing (`parse`, through `tasks.parsing`; negated mentions, "not 5_joy,2" or "not utterance 3",
     are left out everywhere):
     - every `<turn>_<emotion>,<cause>` found anywhere is a pair (emotion synonyms allowed);
-    - otherwise, the answer's cause indices (`parsing.cause_indices`: an answer that is a list of
-      integers, or integers after "utterance(s)", "turn(s)", "cause(s)", ...) are causes of the
-      target utterance, paired with the target's turn and emotion (needs the record, or the target
-      in offline scoring); other digits ("1.3 2.3", "also 2") are stray text, not an answer;
-    - an answer that is empty or says none/no/nothing/null/empty ("no other" aside) is "no cause",
-      unless it also gives a pair or a cause index: then it says two things and is `None`;
+        if not indices or turn is None or emotion is None:
     - pairs about another utterance than the target (emotion turn != target turn), causes
       outside 1..target turn and unknown emotion words are dropped and counted
       (`ECPEAnswer.ignored`); pairs are de-duplicated; pairs giving one utterance more than one
@@ -110,13 +128,20 @@ class ECPE(Task):
     (pairs as `ECPEPairF1` counts them: (emotion turn, cause turn, emotion), neutral ones left out);
     1 when both are empty (a right "no cause" answer).
 
+    End to end (`show_emotions=False`): the lines are `{turn}. {speaker}: {text}`, the emotion unseen; the
+    trained answer is the same pairs, or "None" for a target without cause; a bare cause index (no emotion
+    named) is unparsed, since the target's emotion is the model's to name, and the pairs' emotion is scored.
+
     Args:
-        template: the query, with `{conversation}`, `{candidates}` and `{target}`.
+        template: the query, with `{conversation}`, `{candidates}` and `{target}`; default the paper's prompt, or
+            `ECPE_E2E_TEMPLATE` with `show_emotions=False`.
         include_target_in_candidates: list every turn shown (1..target, or the whole conversation)
             as candidates, and parse causes up to the last turn shown (self-causes are common
             in ECF); `False` lists 1..target-1 like the released EmoVerse data.
         compat: how `ECPEPairF1` treats utterances without gold cause (see there).
         reward_weights: weights of the reward terms `format` and `correct` (default 0.1, 1.0).
+        show_emotions: show every turn's gold emotion (the released EmoVerse prompt, default); False: end-to-end
+            pair extraction, the model names the emotion and its causes.
     """
 
     name = "ecpe"
@@ -124,12 +149,18 @@ class ECPE(Task):
 
     def __init__(
         self,
-        template: str = ECPE_TEMPLATE,
+        template: str | None = None,
         include_target_in_candidates: bool = True,
         compat: Compat = "semeval",
         reward_weights: dict[str, float] | None = None,
+        show_emotions: bool = True,
     ) -> None:
         fields = frozenset({"conversation", "candidates", "target"})
+        if not isinstance(show_emotions, bool):
+            raise ValueError(f"ECPE.show_emotions={show_emotions!r}; expected true (the paper's prompt) or false")
+        self.show_emotions = show_emotions
+        if template is None:
+            template = ECPE_TEMPLATE if show_emotions else ECPE_E2E_TEMPLATE
         self.template = check_template(template, "ECPE.template", fields, fields)
         self.include_target_in_candidates = include_target_in_candidates
         if compat not in COMPAT_MODES:
@@ -151,7 +182,9 @@ class ECPE(Task):
             raise ValueError(f"record {record.id!r}: ECPE needs `turn` and the target's `labels.emotion`")
         turns = [(u.turn, u.emotion, u.speaker, u.text) for u in record.context]
         turns.append((record.turn, record.labels.emotion, record.speaker or "Speaker", record.text))
-        lines = {turn: f"{turn}_{emotion}. {speaker}: {text}" for turn, emotion, speaker, text in sorted(turns)}
+        shown = "{turn}_{emotion}. {speaker}: {text}" if self.show_emotions else "{turn}. {speaker}: {text}"
+        lines = {turn: shown.format(turn=turn, emotion=emotion, speaker=speaker, text=text)
+                 for turn, emotion, speaker, text in sorted(turns)}
         last = last_turn(record) if self.include_target_in_candidates else record.turn - 1
         return self.template.format(
             conversation="\n".join(lines.values()),
@@ -166,15 +199,19 @@ class ECPE(Task):
         # scores it as missed).
         visible = {record.turn, *(u.turn for u in record.context)}
         shown = sorted(p for p in record.labels.cause_pairs if p[1] in visible)
-        return ";".join(f"{e}_{emotion},{c}" for e, c, emotion in shown)
+        answer = ";".join(f"{e}_{emotion},{c}" for e, c, emotion in shown)
+        return answer or ("" if self.show_emotions else "None")
 
     def parse(self, text: str, record: AMTRecord | None = None) -> ECPEAnswer | None:
         if record is None:
             return self._parse(text, None, None)
-        return self._parse(text, record.turn, record.labels.emotion, last_turn(record))
+        # end to end, a bare index has no emotion the model named: the gold one must not fill it in
+        emotion = record.labels.emotion if self.show_emotions else None
+        return self._parse(text, record.turn, emotion, last_turn(record))
 
     def parse_offline(self, text: str, target: Mapping[str, Any]) -> ECPEAnswer | None:
-        return self._parse(text, target.get("turn"), target.get("emotion"), target.get("last_turn"))
+        emotion = target.get("emotion") if self.show_emotions else None
+        return self._parse(text, target.get("turn"), emotion, target.get("last_turn"))
 
     def target(self, record: AMTRecord) -> dict[str, Any]:
         """`{"dialogue_id", "turn", "last_turn", "emotion", "pairs": [[emotion_turn, cause_turn, emotion], ...]}`."""
@@ -215,6 +252,8 @@ class ECPE(Task):
 
     @staticmethod
     def _parse(text: str, turn: int | None, emotion: str | None, last: int | None = None) -> ECPEAnswer | None:
+        if _ECHOED_TURN.search(text):
+            return None  # the conversation's lines repeated: neither their numbers nor their words are an answer
         found = find_pairs(text)
         indices = [] if found else cause_indices(text)
         if says_no_cause(text):

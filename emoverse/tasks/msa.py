@@ -56,6 +56,10 @@ class MSA(Task):
     def response(self, record: AMTRecord) -> str:
         return "Positive." if self.target(record) >= 0 else "Negative."
 
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return ("Positive.", "Negative.")  # the trained responses
+
     def parse(self, text: str, record: AMTRecord | None = None) -> float | None:
         return parse_sentiment(text)
 
