@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from emoverse.backbones.processor import IGNORE_INDEX, BackboneProcessor, PromptTooLong
+from emoverse.backbones.processor_packing import per_token_inputs
 
 if TYPE_CHECKING:
     from emoverse.data.batches import GenerationBatch, TrainBatch
@@ -99,14 +100,86 @@ class Backbone(nn.Module, ABC):
         The default calls `core.generate(**inputs, ...)`, the transformers convention (the output
         starts with the prompt).
         """
+        out = self.core.generate(**self.cast_inputs(inputs), max_new_tokens=max_new_tokens, use_cache=True,
+                                 **self.sampling_kwargs(sampling))
+        return out[:, inputs["input_ids"].shape[1]:]
+
+    def group_sampling_unsupported(self) -> str | None:
+        """Why `sample_groups` cannot prefill each prompt once (one line), or None; measured once per backbone.
+
+        `sample_groups` prefills a prompt without its last token, so the prompt's cache must not depend on later
+        tokens: measured on a probe prompt (the keys of every layer, prefilled with and without its last token).
+        PaliGemma's prompt attends bidirectionally (its prefix-LM mask) and is refused so.
+        """
+        cached = getattr(self, "_group_sampling_unsupported", False)
+        if cached is False:
+            cached = self._measure_group_sampling()
+            self._group_sampling_unsupported = cached
+        return cached
+
+    def _measure_group_sampling(self) -> str | None:
+        inputs = self.cast_inputs(self.processor._probe())
+        per_token = ["input_ids", "attention_mask", *per_token_inputs(inputs, self.processor.media_inputs)]
+        head = {**inputs, **{k: inputs[k][:, :-1] for k in per_token}}
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                full, part = (self.core(**x, use_cache=True) for x in (inputs, head))
+        finally:
+            self.train(was)
+        full, part = (getattr(o, "cache", None) or o.past_key_values for o in (full, part))
+        end = inputs["input_ids"].shape[1] - 1  # the prompt's last token, which `part` lacks
+        for layer, (a, b) in enumerate(zip(full.layers, part.layers, strict=True)):
+            if a.keys is None or b.keys is None:  # a layer that reads another's cache (Gemma 3n's shared KV)
+                continue
+            if a.keys.shape == b.keys.shape and torch.allclose(a.keys, b.keys, rtol=1e-4, atol=1e-5):
+                continue  # not per prompt token: cross-attention to the media (Mllama)
+            # a sliding-window layer keeps only its last tokens: compare the positions both hold
+            first_a, first_b = end + 1 - a.keys.shape[-2], end - b.keys.shape[-2]
+            start = max(first_a, first_b)
+            x = a.keys[..., start - first_a:end - first_a, :]
+            y = b.keys[..., start - first_b:end - first_b, :]
+            if not torch.allclose(x, y, rtol=1e-4, atol=1e-5):
+                return (f"its prompt's cache at layer {layer} depends on later prompt tokens (a bidirectional prompt "
+                        "mask), so a prompt cannot be prefilled without its last token")
+        return None
+
+    def sample_groups(self, once: Mapping[str, torch.Tensor], group: int, max_new_tokens: int,
+                      sampling: Sampling) -> torch.Tensor:
+        """`group` sampled answers per prompt with each prompt prefilled once: the new token ids `[prompts x group, T]`,
+        the answers of one prompt consecutive, as `generate_ids` on the prompts repeated `group` times gives them.
+
+        The prompts without their last token (the media in it) are prefilled once (a greedy one-token `generate`
+        whose token is dropped and which draws no random numbers); that cache is repeated `group` times
+        (`Cache.batch_repeat_interleave`) and generation continues from it on the repeated prompts (transformers'
+        documented reuse of a cache: only the uncached last token is fed, no media), so every sampling step,
+        the first included, draws from `[prompts x group, vocab]` probabilities with the same processors
+        (temperature, top-p, suppressed tokens) and the global torch RNG as `generate_ids`.
+        """
+        proc = self.processor
+        inputs = self.cast_inputs(once)
+        ids = inputs["input_ids"]
+        per_token = ["input_ids", "attention_mask", *per_token_inputs(inputs, proc.media_inputs)]
+        head = {**inputs, **{k: inputs[k][:, :-1] for k in per_token}}
+        first = self.core.generate(**head, max_new_tokens=1, do_sample=False, use_cache=True,
+                                   return_dict_in_generate=True, eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id)
+        cache = first.cache
+        cache.batch_repeat_interleave(group)
+        tail = {k: inputs[k].repeat_interleave(group, 0) for k in per_token}
+        out = self.core.generate(**tail, cache=cache, max_new_tokens=max_new_tokens, use_cache=True,
+                                 **self.sampling_kwargs(sampling))
+        return out[:, ids.shape[1]:]
+
+    def sampling_kwargs(self, sampling: Sampling | None) -> dict[str, Any]:
+        """`generate`'s arguments for greedy decoding (None) or sampling: stop tokens, padding, temperature, top-p,
+        the suppressed tokens; top_k=0 turns off the top-k filter a generation_config may set."""
         proc = self.processor
         how: dict[str, Any] = {"do_sample": False}
-        if sampling is not None:  # top_k=0 turns off the top-k filter a generation_config may set
+        if sampling is not None:
             how = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
                    "suppress_tokens": proc.unsampled_ids}
-        out = self.core.generate(**self.cast_inputs(inputs), max_new_tokens=max_new_tokens, use_cache=True,
-                                 eos_token_id=proc.stop_ids, pad_token_id=proc.pad_id, **how)
-        return out[:, inputs["input_ids"].shape[1]:]
+        return {"eos_token_id": proc.stop_ids, "pad_token_id": proc.pad_id, **how}
 
     @torch.no_grad()
     def choice_logprobs(self, inputs: Mapping[str, torch.Tensor], choices: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -269,8 +342,19 @@ class Backbone(nn.Module, ABC):
         """Floating inputs (pixel values, audio features) in the encoders' dtype (the vision encoder's, else the
         audio encoder's)."""
         dtype = next(self.part("vision" if "vision" in self.part_paths() else "audio").parameters()).dtype
-        return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                for k, v in inputs.items()}
+        return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() and k != "attention_mask"
+                else v for k, v in inputs.items()}
+
+    def mask_dtype(self) -> torch.dtype:
+        """The dtype of an additive attention mask: the language model's compute dtype (a shared-prompt row's 4D
+        mask, `objectives.shared_rows`)."""
+        return next((p.dtype for p in self.part("language_model").parameters() if p.is_floating_point()
+                     and p.dtype in (torch.float32, torch.float16, torch.bfloat16)), torch.float32)
+
+    def shared_positions(self, prompts: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The rotary positions `[axes, prompts, width]` of left-padded prompts for a model that computes them
+        itself (M-RoPE), or None for a model that reads plain `position_ids` (the default)."""
+        return None
 
 
 def _keep_cpu_4bit_layout(model: nn.Module) -> None:

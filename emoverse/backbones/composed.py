@@ -3,7 +3,7 @@ transformers speech encoder (Whisper's encoder, HuBERT) with a projector of its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.transforms import v2
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from emoverse.backbones.base import Backbone, BackboneProcessor, Part
+from emoverse.backbones.base import Backbone, BackboneProcessor, Part, Sampling
 from emoverse.backbones.composed_audio import AUDIO_TOKEN, AudioFrontEnd, encode_audio, load_audio_encoder
 from emoverse.backbones.quantization import Quantization, quantization_config
 
@@ -205,6 +205,22 @@ class ComposedModel(nn.Module):
         return torch.cat([input_ids, new], dim=1)
 
 
+    @torch.no_grad()
+    def generate_groups(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, group: int,
+                        pixel_values: torch.Tensor | None = None, audio_values: torch.Tensor | None = None,
+                        audio_spans: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """`group` continuations of each prompt, the prompt embedded and prefilled once (`Backbone.sample_groups`):
+        the new token ids `[prompts x group, T]`."""
+        embeds = self.embed(input_ids, pixel_values, audio_values, audio_spans)
+        first = self.llm.generate(inputs_embeds=embeds[:, :-1], attention_mask=attention_mask[:, :-1], max_new_tokens=1,
+                                  do_sample=False, use_cache=True, return_dict_in_generate=True,
+                                  pad_token_id=kwargs.get("pad_token_id"))
+        cache = first.cache
+        cache.batch_repeat_interleave(group)
+        return self.llm.generate(inputs_embeds=embeds.repeat_interleave(group, 0),
+                                 attention_mask=attention_mask.repeat_interleave(group, 0), cache=cache, **kwargs)
+
+
 class ComposedBackbone(Backbone):
     """Vision encoder (timm) → projector → causal LM (transformers), assembled by injection.
 
@@ -300,6 +316,12 @@ class ComposedBackbone(Backbone):
         self.model = ComposedModel(vision, proj, llm, self.processor.image_token_id, pool, **sound)
         self._decoder = next(n for n, m in llm.named_modules() if m is llm.get_decoder())
         self.set_trainable(["projector"])
+
+    def sample_groups(self, once: Mapping[str, torch.Tensor], group: int, max_new_tokens: int,
+                      sampling: Sampling) -> torch.Tensor:
+        """As `Backbone.sample_groups`, on the LLM's `generate` from the embedded prompts (`ComposedModel.generate_groups`)."""
+        return self.core.generate_groups(**self.cast_inputs(once), group=group, max_new_tokens=max_new_tokens,
+                                         use_cache=True, **self.sampling_kwargs(sampling))
 
     def part_paths(self) -> dict[Part, str | tuple[str, ...]]:
         if hasattr(self.core, "audio"):

@@ -25,7 +25,13 @@ from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor, Pr
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part
 from emoverse.backbones.media import SAMPLE_RATE, video_array
-from emoverse.backbones.packing import mask_blocker, packed_rope_positions, rope_index_blocker, rope_index_path
+from emoverse.backbones.packing import (
+    mask_blocker,
+    packed_rope_positions,
+    rope_index_blocker,
+    rope_index_path,
+    rope_positions,
+)
 from emoverse.backbones.processor import media_part
 from emoverse.backbones.quantization import Quantization, quantization_config
 
@@ -209,6 +215,22 @@ class HFVisionLanguageBackbone(Backbone):
             return inputs
         module = self.core.get_submodule(self._rope_path)
         return {**inputs, "position_ids": packed_rope_positions(module, inputs, lengths)}
+
+    def group_sampling_unsupported(self) -> str | None:
+        """As `Backbone.group_sampling_unsupported`: a model with its own M-RoPE positions keeps the prefill's
+        per-prompt `rope_deltas`, which continuing on repeated prompts does not repeat."""
+        if self._rope_path is not None:
+            return (f"{type(self.core).__name__} keeps per-prompt M-RoPE offsets (rope_deltas) from its prefill, which a "
+                    "repeated cache does not repeat")
+        return super().group_sampling_unsupported()
+
+    def shared_positions(self, prompts: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """As `Backbone.shared_positions`: the model's own `get_rope_index` of the left-padded prompts (each row's
+        positions start at 0 at its first real token), or None for a model without one."""
+        if self._rope_path is None:
+            return None
+        module = self.core.get_submodule(self._rope_path)
+        return rope_positions(module, prompts)
 
     def logits(self, inputs: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
         """As `Backbone.logits`; a model whose `forward` takes no `logits_to_keep` (Qwen2-Audio, the Qwen2.5-Omni

@@ -132,3 +132,19 @@ def packed_rope_positions(module: nn.Module, inputs: Mapping[str, Any], lengths:
             kwargs[name] = unpack(value) if per_token else value
     rope, _ = module.get_rope_index(**kwargs)
     return torch.cat([text.reshape(1, 1, tokens).to(rope.dtype), rope[:, mask].unsqueeze(1)])
+
+
+def rope_positions(module: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
+    """`module.get_rope_index` of a padded batch (`inputs` with its 2-D `attention_mask`): the rotary positions
+    `[axes, rows, tokens]` the model's forward would compute for it (a shared-prompt row's prompts,
+    `objectives.shared_rows`)."""
+    kwargs: dict[str, Any] = {}
+    for name, param in inspect.signature(module.get_rope_index).parameters.items():
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            continue
+        if name in ROPE_DERIVED:
+            kwargs[name] = ROPE_DERIVED[name](inputs)
+        elif name in inputs:
+            kwargs[name] = inputs[name]
+    rope, _ = module.get_rope_index(**kwargs)
+    return rope

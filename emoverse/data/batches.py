@@ -137,9 +137,17 @@ class GroupBatch(GenerationBatch):
 
     Attributes:
         group_size: G, the rows per prompt.
+        once: the model inputs of each distinct prompt once (left-padded, each medium once), from which
+            shared-prompt rows score a group's answers (`objectives.shared_rows`); None: only the repeated rows.
     """
 
     group_size: int = field(default=2, kw_only=True)
+    once: dict[str, Any] | None = field(default=None, kw_only=True)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> GroupBatch:
+        """The batch with its model inputs (both layouts) on `device`."""
+        once = None if self.once is None else _moved(self.once, device, non_blocking)
+        return dataclasses.replace(self, inputs=_moved(self.inputs, device, non_blocking), once=once)
 
     @property
     def prompts(self) -> int:

@@ -52,6 +52,7 @@ from emoverse.objectives.sampling import (
     sample_answers,
     token_logprobs,
 )
+from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported, warn_unshared
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
@@ -82,13 +83,17 @@ class GRPO(Objective):
         reference: the reference policy of the KL term: "base" = the same model with its LoRA adapters
             disabled; "stage_start" = the model as the stage began (after SFT), from a frozen copy of the
             weights the stage trains, kept in checkpoints (`Reference`).
+        share_prompts: sample each group from its prompt prefilled once (`Backbone.sample_groups`) and score its
+            answers in one shared-prompt row `[prompt; answer_1; ...; answer_G]`
+            (`objectives.shared_rows`: the prompt and its media encoded once, equal log-probabilities); False, or a
+            backbone that cannot share (it says why at setup), scores G repeated `[prompt; answer]` rows.
     """
 
     name = "grpo"
 
     def __init__(self, group_size: int = 4, beta: float = 0.04, clip_eps: float = 0.2, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: dict[str, int] | None = None,
-                 reference: ReferenceKind = "base") -> None:
+                 reference: ReferenceKind = "base", share_prompts: bool = True) -> None:
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
             raise ValueError(f"GRPO: group_size={group_size!r}, expected an int >= 2 (advantages are normalised "
                              "within each prompt's group of sampled answers)")
@@ -106,6 +111,7 @@ class GRPO(Objective):
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.max_new_tokens = check_max_new_tokens(max_new_tokens, "GRPO")
         self.reference = reference
+        self.share_prompts = bool(share_prompts)
         self._reference = Reference(reference)
 
     def collator(self, processor: BackboneProcessor, system_prompt: str | None = None,
@@ -119,6 +125,8 @@ class GRPO(Objective):
 
     def check_model(self, stage: Stage, tasks: Mapping[str, Task], backbone: Backbone) -> None:
         check_sampling_stage(stage, tasks, backbone, self.name)
+        if self.share_prompts:
+            warn_unshared(stage, backbone, self.name)
 
     def training_step(self, module: LightningModule, batch: GroupBatch, stage: int) -> Tensor:
         """Sample, reward and score a group batch (`grpo_step`), with this stage's reference; log it (`log_grpo`)."""
@@ -208,15 +216,25 @@ def grpo_step(backbone: Backbone, batch: GroupBatch, tasks: Mapping[str, Task], 
     if group != settings.group_size:
         raise ValueError(f"batch has groups of {group} answers but the stage's GRPO.group_size is {settings.group_size}")
     samples = sample_answers(backbone, batch, tasks, Sampling(settings.temperature, settings.top_p),
-                             settings.max_new_tokens)
+                             settings.max_new_tokens, share=settings.share_prompts)
     device = batch.inputs["input_ids"].device
     advantages = group_advantages(torch.tensor(samples.rewards, dtype=torch.float32, device=device), group)
-    inputs, labels = answer_inputs(backbone, batch.inputs, samples.answers)
+    if settings.share_prompts and batch.once is not None and sharing_unsupported(backbone) is None:
+        rows = shared_rows(backbone, batch.once, [samples.answers[g:g + group]
+                                                  for g in range(0, len(samples.answers), group)])
+
+        def score() -> tuple[Tensor, Tensor]:
+            return shared_logprobs(backbone, rows, settings.temperature)
+    else:
+        inputs, labels = answer_inputs(backbone, batch.inputs, samples.answers)
+
+        def score() -> tuple[Tensor, Tensor]:
+            return token_logprobs(backbone, inputs, labels, settings.temperature)
     with no_dropout(backbone):
         as_reference = reference() if reference is not None else reference_policy(backbone)
         with torch.no_grad(), as_reference:  # first: nothing the policy's backward needs is touched yet
-            ref_logp, _ = token_logprobs(backbone, inputs, labels, settings.temperature)
-        logp, mask = token_logprobs(backbone, inputs, labels, settings.temperature)
+            ref_logp, _ = score()
+        logp, mask = score()
     out = grpo_loss(logp, logp.detach(), ref_logp, advantages, mask, settings.clip_eps, settings.beta)  # μ = 1
     return {**out, "advantages": advantages, "samples": samples}
 

@@ -50,6 +50,7 @@ from emoverse.objectives.sampling import (
     sample_answers,
     token_logprobs,
 )
+from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported, warn_unshared
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
@@ -141,13 +142,17 @@ class Preference(Objective):
         reference: "base" = the model with its LoRA adapters disabled; "stage_start" = the model as the stage
             began, from a frozen copy of the weights the stage trains, kept in checkpoints (`Reference`).
         gold_chosen: choose the gold answer (the task's `response`) instead of the best sample.
+        share_prompts: sample each group from its prompt prefilled once (`Backbone.sample_groups`) and score each
+            pair in one shared-prompt row `[prompt; chosen; rejected]` (`objectives.shared_rows`: the prompt and its
+            media encoded once, equal log-probabilities); False, or a backbone that cannot share (it says why at
+            setup), scores `[prompt; chosen]` and `[prompt; rejected]` rows.
     """
 
     name = "preference"
 
     def __init__(self, group_size: int = 4, beta: float = 0.1, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: dict[str, int] | None = None, reference: ReferenceKind = "base",
-                 gold_chosen: bool = False) -> None:
+                 gold_chosen: bool = False, share_prompts: bool = True) -> None:
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
             raise ValueError(f"Preference: group_size={group_size!r}, expected an int >= 2 (the best and the worst "
                              "of each prompt's sampled answers make its pair)")
@@ -164,6 +169,7 @@ class Preference(Objective):
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.max_new_tokens = check_max_new_tokens(max_new_tokens, "Preference")
         self.reference, self.gold_chosen = reference, gold_chosen
+        self.share_prompts = bool(share_prompts)
         self._reference = Reference(reference)
 
     def collator(self, processor: BackboneProcessor, system_prompt: str | None = None,
@@ -178,6 +184,8 @@ class Preference(Objective):
 
     def check_model(self, stage: Stage, tasks: Mapping[str, Task], backbone: Backbone) -> None:
         check_sampling_stage(stage, tasks, backbone, self.name)
+        if self.share_prompts:
+            warn_unshared(stage, backbone, self.name)
 
     def training_step(self, module: LightningModule, batch: GroupBatch, stage: int) -> Tensor:
         if not isinstance(batch, GroupBatch):
@@ -218,7 +226,8 @@ class Preference(Objective):
         if batch.group_size != self.group_size:
             raise ValueError(f"batch has groups of {batch.group_size} answers but Preference.group_size is "
                              f"{self.group_size}")
-        samples = sample_answers(backbone, batch, tasks, Sampling(self.temperature, self.top_p), self.max_new_tokens)
+        samples = sample_answers(backbone, batch, tasks, Sampling(self.temperature, self.top_p), self.max_new_tokens,
+                                 share=self.share_prompts)
         firsts = range(0, len(batch), self.group_size)
         gold_tokens, gold_rewards = [], None
         if self.gold_chosen:
@@ -236,14 +245,25 @@ class Preference(Objective):
               reference: Any = None) -> dict[str, Tensor]:
         """`dpo_loss` of the pairs, from the log-probabilities of `answers` (laid out by `make_pairs`) under the
         policy (with gradient) and the reference (first, so nothing the policy's backward needs is touched)."""
-        inputs, labels = answer_inputs(backbone, batch.inputs, answers)
+        firsts = range(0, len(batch), self.group_size)
+        if self.share_prompts and batch.once is not None and sharing_unsupported(backbone) is None:
+            rows = shared_rows(backbone, batch.once, [[answers[k], answers[k + 1]] for k in firsts])
+            chosen = list(range(0, 2 * len(firsts), 2))  # the shared rows' answers: chosen, rejected per prompt
+
+            def score() -> tuple[Tensor, Tensor]:
+                return shared_logprobs(backbone, rows)
+        else:
+            inputs, labels = answer_inputs(backbone, batch.inputs, answers)
+            chosen = list(firsts)
+
+            def score() -> tuple[Tensor, Tensor]:
+                return token_logprobs(backbone, inputs, labels)
         with no_dropout(backbone):
             as_reference = reference() if reference is not None else reference_policy(backbone)
             with torch.no_grad(), as_reference:
-                ref_logp, _ = token_logprobs(backbone, inputs, labels)
-            logp, _ = token_logprobs(backbone, inputs, labels)
+                ref_logp, _ = score()
+            logp, _ = score()
         seq, ref_seq = logp.sum(1), ref_logp.sum(1)  # masked positions hold 0
-        chosen = list(range(0, len(batch), self.group_size))
         rejected = [k + 1 for k in chosen]
         valid = torch.tensor([p.valid for p in pairs], device=seq.device)
         return dpo_loss(seq[chosen], seq[rejected], ref_seq[chosen], ref_seq[rejected], self.beta, valid)

@@ -30,6 +30,7 @@ class GroupCollator:
     `records`) with every example repeated `group_size` times in a row, so one batched generation samples
     each prompt's group of answers.
 
+    It also encodes each prompt once (`GroupBatch.once`), for the shared-prompt rows that score the answers.
     It collates the same (record, task) draws as any stage, so the train loader's state (draws delivered) is
     the position as for any stage. Each copy is encoded, so any backbone's multimodal inputs (pixel values
     laid out per frame, grid sizes) repeat correctly.
@@ -48,8 +49,9 @@ class GroupCollator:
 
     def __call__(self, examples: Sequence[Example]) -> GroupBatch:
         b = self.inner([ex for ex in examples for _ in range(self.group_size)])
+        once = self.inner(list(examples)).inputs
         return GroupBatch(b.inputs, b.tasks, b.ids, b.queries, b.records, b.num_truncated, b.responses,
-                          group_size=self.group_size)
+                          group_size=self.group_size, once=once)
 
 
 @dataclass
@@ -76,17 +78,23 @@ class Samples:
 
 
 def sample_answers(backbone: Backbone, batch: GroupBatch, tasks: Mapping[str, Task], sampling: Sampling,
-                   max_new_tokens: Mapping[str, int] | None = None) -> Samples:
+                   max_new_tokens: Mapping[str, int] | None = None, share: bool = True) -> Samples:
     """Sample one answer per row of `batch` (in eval mode, without gradients) and reward each with its task.
 
     Args:
         max_new_tokens: per task, the most tokens an answer may have (default: the task's `max_new_tokens`).
+        share: prefill each distinct prompt once and sample its group from copies of that cache
+            (`Backbone.sample_groups`: the same answers as from the repeated prompts, same seed); False, or a
+            backbone that cannot (`group_sampling_unsupported`), generates from the repeated prompts.
     """
     limits = max_new_tokens or {}
     budgets = [limits.get(t, tasks[t].max_new_tokens) for t in batch.tasks]
     proc = backbone.processor
     with torch.no_grad(), eval_mode(backbone):
-        new_ids = backbone.generate_ids(batch.inputs, max(budgets), sampling)
+        if share and batch.once is not None and backbone.group_sampling_unsupported() is None:
+            new_ids = backbone.sample_groups(batch.once, batch.group_size, max(budgets), sampling)
+        else:
+            new_ids = backbone.generate_ids(batch.inputs, max(budgets), sampling)
     answers = cut_answers(new_ids, budgets, proc.stop_ids)
     texts = [proc.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
     terms = [tasks[t].reward_breakdown(text, r) for t, text, r in zip(batch.tasks, texts, batch.records, strict=True)]
