@@ -24,6 +24,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part
+from emoverse.backbones.processor import left_padded
 from emoverse.backbones.quantization import Quantization, quantization_config
 
 GGUF_SUFFIX = ".gguf"
@@ -59,13 +60,7 @@ class TextProcessor(BackboneProcessor):
         if any(images) or any(v is not None for v in videos or []) or any(a is not None for a in audios or []):
             raise ValueError("TextProcessor takes no media: a text-only backbone shows the tasks' text alone")
         rows = [self.tokenize(t) for t in texts]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for b, ids in enumerate(rows):
-            input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[b, width - len(ids):] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return left_padded(rows, self.pad_id)
 
 
 class CausalLMBackbone(Backbone):

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part, Sampling
 from emoverse.backbones.composed_audio import AUDIO_TOKEN, AudioFrontEnd, encode_audio, load_audio_encoder
+from emoverse.backbones.processor import left_padded
 from emoverse.backbones.quantization import Quantization, quantization_config
 
 IMAGE_TOKEN = "<image>"
@@ -120,13 +121,7 @@ class ComposedProcessor(BackboneProcessor):
                 raise ValueError(f"prompt has {ids.count(self.image_token_id) // self.tokens_per_image} image slots "
                                  f"but {len(imgs)} frames were given")
             rows.append(ids)
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for b, ids in enumerate(rows):
-            input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[b, width - len(ids):] = 1
-        out = {"input_ids": input_ids, "attention_mask": mask}
+        out = left_padded(rows, self.pad_id)
         frames = [self.transform(img) for imgs in images for img in imgs]
         if frames:
             out["pixel_values"] = torch.stack(frames)

@@ -271,3 +271,14 @@ def media_part(kind: str) -> dict[str, Any]:
     """The user content part of one medium: `{"type": kind}`; an audio part also has an `audio` key (None: the clip
     goes to the processor apart), since the released Qwen2-Audio templates test `'audio' in content`, not the type."""
     return {"type": kind, "audio": None} if kind == "audio" else {"type": kind}
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Token id rows as a left-padded `input_ids` / `attention_mask` batch (generation continues at the right)."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for b, ids in enumerate(rows):
+        input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[b, width - len(ids):] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
