@@ -29,7 +29,6 @@ distribution the answers were sampled from (logits / temperature).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,27 +37,22 @@ from torch import Tensor
 
 from emoverse.backbones.base import Backbone, Sampling
 from emoverse.data.batches import GroupBatch
-from emoverse.objectives.base import Objective, register_objective
+from emoverse.objectives.base import register_objective
+from emoverse.objectives.group import GroupObjective, check_positive
 from emoverse.objectives.sampling import (
-    GroupCollator,
-    Reference,
     ReferenceKind,
     Samples,
     answer_inputs,
-    check_max_new_tokens,
-    check_sampling_stage,
     log_task_rewards,
     no_dropout,
     sample_answers,
     token_logprobs,
 )
-from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported, warn_unshared
+from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
 
-    from emoverse.backbones.base import BackboneProcessor
-    from emoverse.curriculum.stage import Stage
     from emoverse.tasks.base import Task
 
 STD_EPS = 1e-4
@@ -66,7 +60,7 @@ STD_EPS = 1e-4
 
 
 @register_objective
-class GRPO(Objective):
+class GRPO(GroupObjective):
     """Group Relative Policy Optimization with the tasks' rewards (`Task.reward`), one policy update per batch.
 
     In YAML: `objective: {class_path: emoverse.objectives.GRPO, init_args: {group_size: 4, beta: 0.04}}`
@@ -90,58 +84,24 @@ class GRPO(Objective):
     """
 
     name = "grpo"
+    group_reason = "advantages are normalised within each prompt's group of sampled answers"
 
     def __init__(self, group_size: int = 4, beta: float = 0.04, clip_eps: float = 0.2, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: dict[str, int] | None = None,
                  reference: ReferenceKind = "base", share_prompts: bool = True) -> None:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-            raise ValueError(f"GRPO: group_size={group_size!r}, expected an int >= 2 (advantages are normalised "
-                             "within each prompt's group of sampled answers)")
-        for name, value, low, inclusive in (("beta", beta, 0.0, True), ("clip_eps", clip_eps, 0.0, False),
-                                            ("temperature", temperature, 0.0, False)):
-            ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-                  and (value >= low if inclusive else value > low))
-            if not ok:
-                raise ValueError(f"GRPO: {name}={value!r}, expected a finite float {'>=' if inclusive else '>'} {low}")
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"GRPO: top_p={top_p!r}, expected a float in (0, 1]")
-        if reference not in ("base", "stage_start"):
-            raise ValueError(f"GRPO: reference={reference!r}, expected 'base' or 'stage_start'")
-        self.group_size, self.beta, self.clip_eps = group_size, float(beta), float(clip_eps)
-        self.temperature, self.top_p = float(temperature), float(top_p)
-        self.max_new_tokens = check_max_new_tokens(max_new_tokens, "GRPO")
-        self.reference = reference
-        self.share_prompts = bool(share_prompts)
-        self._reference = Reference(reference)
-
-    def collator(self, processor: BackboneProcessor, system_prompt: str | None = None,
-                 pack: bool = False) -> GroupCollator:
-        return GroupCollator(processor, self.group_size, system_prompt)
-
-    def check_stage(self, stage: Stage) -> None:
-        stray = sorted(set(self.max_new_tokens or {}) - set(stage.ratios))
-        if stray:
-            raise ValueError(f"GRPO.max_new_tokens names task(s) {stray} the stage does not draw; its tasks: {stage.tasks}")
-
-    def check_model(self, stage: Stage, tasks: Mapping[str, Task], backbone: Backbone) -> None:
-        check_sampling_stage(stage, tasks, backbone, self.name)
-        if self.share_prompts:
-            warn_unshared(stage, backbone, self.name)
+        super().__init__(group_size, temperature, top_p, max_new_tokens, reference, share_prompts)
+        check_positive("GRPO", "beta", beta, zero=True)
+        check_positive("GRPO", "clip_eps", clip_eps)
+        self.beta, self.clip_eps = float(beta), float(clip_eps)
 
     def training_step(self, module: LightningModule, batch: GroupBatch, stage: int) -> Tensor:
         """Sample, reward and score a group batch (`grpo_step`), with this stage's reference; log it (`log_grpo`)."""
         if not isinstance(batch, GroupBatch):
             raise TypeError(f"GRPO trains on GroupBatch (GRPO.collator), got {type(batch).__name__}")
-        out = grpo_step(module.backbone, batch, module.tasks, self,
-                        lambda: self._reference(module, module.backbone, stage))
+        out = grpo_step(module.backbone, batch, module.tasks, self, lambda: self.reference_policy(module, stage))
         log_grpo(module, batch, out)
         return out["loss"]
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"reference": self._reference.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._reference.load_state_dict(state.get("reference", {}))
 
 def group_advantages(rewards: Tensor, group_size: int) -> Tensor:
     """Â_i = (r_i - mean(group)) / (std(group) + 1e-4) for rewards laid out group by group (DeepSeekMath §4.1.2).

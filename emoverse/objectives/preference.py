@@ -24,7 +24,6 @@ task rewards of both.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,28 +34,23 @@ from torch.nn import functional as F
 
 from emoverse.backbones.base import Backbone, Sampling
 from emoverse.data.batches import GroupBatch
-from emoverse.objectives.base import Objective, register_objective
+from emoverse.objectives.base import register_objective
+from emoverse.objectives.group import GroupObjective, check_positive
 from emoverse.objectives.sampling import (
-    GroupCollator,
-    Reference,
     ReferenceKind,
     Samples,
     answer_inputs,
-    check_max_new_tokens,
-    check_sampling_stage,
     log_task_rewards,
     no_dropout,
     reference_policy,
     sample_answers,
     token_logprobs,
 )
-from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported, warn_unshared
+from emoverse.objectives.shared_rows import shared_logprobs, shared_rows, sharing_unsupported
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule
 
-    from emoverse.backbones.base import BackboneProcessor
-    from emoverse.curriculum.stage import Stage
     from emoverse.tasks.base import Task
 
 GOLD = -1
@@ -126,7 +120,7 @@ def dpo_loss(chosen_logp: Tensor, rejected_logp: Tensor, ref_chosen_logp: Tensor
 
 
 @register_objective
-class Preference(Objective):
+class Preference(GroupObjective):
     """DPO on preference pairs built online from the model's own answers, ranked by `Task.reward`.
 
     In YAML: `objective: {class_path: emoverse.objectives.Preference, init_args: {group_size: 4, beta: 0.1}}`
@@ -149,56 +143,23 @@ class Preference(Objective):
     """
 
     name = "preference"
+    group_reason = "the best and the worst of each prompt's sampled answers make its pair"
 
     def __init__(self, group_size: int = 4, beta: float = 0.1, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: dict[str, int] | None = None, reference: ReferenceKind = "base",
                  gold_chosen: bool = False, share_prompts: bool = True) -> None:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-            raise ValueError(f"Preference: group_size={group_size!r}, expected an int >= 2 (the best and the worst "
-                             "of each prompt's sampled answers make its pair)")
-        for name, value in (("beta", beta), ("temperature", temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"Preference: {name}={value!r}, expected a finite float > 0")
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"Preference: top_p={top_p!r}, expected a float in (0, 1]")
-        if reference not in ("base", "stage_start"):
-            raise ValueError(f"Preference: reference={reference!r}, expected 'base' or 'stage_start'")
+        super().__init__(group_size, temperature, top_p, max_new_tokens, reference, share_prompts)
+        check_positive("Preference", "beta", beta)
         if not isinstance(gold_chosen, bool):
             raise ValueError(f"Preference: gold_chosen={gold_chosen!r}, expected true or false")
-        self.group_size, self.beta = group_size, float(beta)
-        self.temperature, self.top_p = float(temperature), float(top_p)
-        self.max_new_tokens = check_max_new_tokens(max_new_tokens, "Preference")
-        self.reference, self.gold_chosen = reference, gold_chosen
-        self.share_prompts = bool(share_prompts)
-        self._reference = Reference(reference)
-
-    def collator(self, processor: BackboneProcessor, system_prompt: str | None = None,
-                 pack: bool = False) -> GroupCollator:
-        return GroupCollator(processor, self.group_size, system_prompt)
-
-    def check_stage(self, stage: Stage) -> None:
-        stray = sorted(set(self.max_new_tokens or {}) - set(stage.ratios))
-        if stray:
-            raise ValueError(f"Preference.max_new_tokens names task(s) {stray} the stage does not draw; "
-                             f"its tasks: {stage.tasks}")
-
-    def check_model(self, stage: Stage, tasks: Mapping[str, Task], backbone: Backbone) -> None:
-        check_sampling_stage(stage, tasks, backbone, self.name)
-        if self.share_prompts:
-            warn_unshared(stage, backbone, self.name)
+        self.beta, self.gold_chosen = float(beta), gold_chosen
 
     def training_step(self, module: LightningModule, batch: GroupBatch, stage: int) -> Tensor:
         if not isinstance(batch, GroupBatch):
             raise TypeError(f"Preference trains on GroupBatch (Preference.collator), got {type(batch).__name__}")
-        out = self.step(module.backbone, batch, module.tasks, lambda: self._reference(module, module.backbone, stage))
+        out = self.step(module.backbone, batch, module.tasks, lambda: self.reference_policy(module, stage))
         log_preference(module, batch, out)
         return out["loss"]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"reference": self._reference.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._reference.load_state_dict(state.get("reference", {}))
 
     def step(self, backbone: Backbone, batch: GroupBatch, tasks: Mapping[str, Task],
              reference: Any = None) -> dict[str, Any]:
