@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from emoverse.backbones.processor import IGNORE_INDEX, BackboneProcessor, PromptTooLong
 from emoverse.backbones.processor_packing import per_token_inputs
@@ -238,7 +239,8 @@ class Backbone(nn.Module, ABC):
         vision tower, the head, MoE routers) gets an adapter.
 
         Raises:
-            ValueError: some of `names` match no linear layer of the language model's decoder blocks.
+            ValueError: some of `names` match no linear layer of the language model's decoder blocks, or its blocks
+                hold no linear layer LoRA can adapt.
         """
         prefix = self.part_paths()["language_model"]
         if not isinstance(prefix, str):
@@ -253,6 +255,9 @@ class Backbone(nn.Module, ABC):
             chosen = [p for p in every if p.rsplit(".", 1)[-1] in set(names)]
         else:
             chosen = default
+        if not chosen:
+            raise ValueError(f"{type(self).__name__}: the decoder blocks of its language model ({prefix}) hold no linear "
+                             "layer LoRA can adapt; expected torch Linear or transformers Conv1D layers in them")
         return "(?:" + "|".join(re.escape(f"{prefix}.{p}") for p in chosen) + ")"
 
     def add_lora(self, r: int, alpha: int, dropout: float, targets: Sequence[str] | None = None,
@@ -377,10 +382,39 @@ class PartGroup(nn.ModuleList):
 
 
 def _plain_linear(module: nn.Module) -> bool:
-    # torch's Linear or a quantized/adapter one (bitsandbytes, peft); a model's own subclass is something
-    # else that merely stores a matrix, e.g. Llama 4's MoE router, which returns a tuple
-    return isinstance(module, nn.Linear) and (type(module) is nn.Linear
-                                              or not type(module).__module__.startswith("transformers."))
+    """Whether LoRA can adapt `module` as a linear map (peft wraps it and adds its low-rank update to the output).
+
+    torch's Linear, a quantized or adapter one (bitsandbytes, peft), transformers' `Conv1D` (GPT-2 and its
+    relatives store the transposed matrix; peft adapts it), and a model's own `nn.Linear` subclass whose forward
+    maps a `[1, in_features]` input to a `[1, out_features]` tensor (Falcon's `FalconLinear`). A subclass that returns
+    something else merely stores a matrix (Llama 4's MoE router returns a tuple) and is left alone.
+    """
+    if isinstance(module, Conv1D):
+        return True
+    if not isinstance(module, nn.Linear):
+        return False
+    kind = type(module)
+    if kind is nn.Linear or not kind.__module__.startswith("transformers."):
+        return True
+    if kind not in _MAPS_LIKE_LINEAR:
+        _MAPS_LIKE_LINEAR[kind] = _maps_like_linear(module)
+    return _MAPS_LIKE_LINEAR[kind]
+
+
+_MAPS_LIKE_LINEAR: dict[type, bool] = {}
+"""`_maps_like_linear` of each transformers `nn.Linear` subclass met (one probe per class)."""
+
+
+def _maps_like_linear(module: nn.Linear) -> bool:
+    """Whether `module` maps one input row to one output row (a zero row through its forward; on the meta device, where
+    the weights are, this costs nothing)."""
+    weight = module.weight
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, module.in_features, device=weight.device, dtype=weight.dtype))
+    except Exception:  # noqa: BLE001 - a forward that cannot take a plain row is not a linear map
+        return False
+    return isinstance(out, torch.Tensor) and tuple(out.shape) == (1, module.out_features)
 
 
 def decoder_blocks(language_model: nn.Module) -> tuple[str, nn.ModuleList]:

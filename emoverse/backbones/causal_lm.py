@@ -24,6 +24,8 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part
+from emoverse.backbones.hf_vlm import packing_blocker
+from emoverse.backbones.packing import crossing_blocker
 from emoverse.backbones.processor import left_padded
 from emoverse.backbones.quantization import Quantization, quantization_config
 
@@ -93,6 +95,7 @@ class CausalLMBackbone(Backbone):
         eos_ids = eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
         self.model = llm
         self.processor = TextProcessor(tokenizer, max_length or llm.config.max_position_embeddings, eos_ids)
+        self.processor.packing_blocker = packing_blocker(llm) or crossing_blocker(llm)
         self._decoder = next(n for n, m in llm.named_modules() if m is llm.get_decoder())
         self.set_trainable([])
 

@@ -18,6 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from emoverse.backbones.base import Backbone, BackboneProcessor, Part, Sampling
 from emoverse.backbones.composed_audio import AUDIO_TOKEN, AudioFrontEnd, encode_audio, load_audio_encoder
+from emoverse.backbones.hf_vlm import packing_blocker
+from emoverse.backbones.packing import crossing_blocker
 from emoverse.backbones.processor import left_padded
 from emoverse.backbones.quantization import Quantization, quantization_config
 
@@ -302,6 +304,7 @@ class ComposedBackbone(Backbone):
             mean=tuple(cfg.get("mean", (0.5, 0.5, 0.5))), std=tuple(cfg.get("std", (0.5, 0.5, 0.5))),
             max_length=max_length or llm.config.max_position_embeddings, audio=front,
         )
+        self.processor.packing_blocker = packing_blocker(llm) or crossing_blocker(llm)
         sound: dict[str, Any] = {}
         if audio is not None:
             audio.train()  # from_pretrained returns eval mode; dropout follows the module's mode like the rest

@@ -148,3 +148,45 @@ def rope_positions(module: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor
             kwargs[name] = inputs[name]
     rope, _ = module.get_rope_index(**kwargs)
     return rope
+
+
+def crossing_blocker(language_model: nn.Module) -> str | None:
+    """Why `language_model` (a text decoder taking `input_ids` and `position_ids`) does not keep the examples of a
+    packed row apart, measured: its outputs for an example packed after another must equal those of the example
+    alone. A model that builds its causal mask without the packed positions (OPT's decoder: its examples attend to
+    each other, loss 0.02 off on a tiny OPT) or ignores `position_ids` fails; one whose probe cannot run (weights
+    on the meta device, a forward that needs more than tokens) is not judged here (None).
+    """
+    weight = next(language_model.parameters(), None)
+    vocab = getattr(getattr(language_model, "config", None), "vocab_size", None)
+    if weight is None or weight.device.type == "meta" or not vocab:
+        return None
+    first, second = torch.arange(8) * 7 % vocab, torch.arange(6) * 11 % vocab + 1
+    packed_ids = torch.cat([first, second])[None].to(weight.device)
+    packed_pos = torch.cat([torch.arange(8), torch.arange(6)])[None].to(weight.device)
+    modes = {m: m.training for m in language_model.modules()}
+    language_model.eval()
+    try:
+        with torch.no_grad():
+            alone = _output(language_model(input_ids=second[None].to(weight.device),
+                                           position_ids=torch.arange(6)[None].to(weight.device), use_cache=False))
+            packed = _output(language_model(input_ids=packed_ids, position_ids=packed_pos, use_cache=False))[:, 8:]
+    except Exception:  # noqa: BLE001 - a model the probe cannot drive is judged by the other rules alone
+        return None
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    off = float((packed.float() - alone.float()).abs().max() / alone.float().abs().max().clamp_min(1e-12))
+    tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
+    if off <= tolerance:
+        return None
+    return (f"{type(language_model).__name__} lets the examples of a packed row attend to each other (an example "
+            f"packed after another came out {off:.1%} off its outputs alone)")
+
+
+def _output(out: Any) -> torch.Tensor:
+    """The per-token output of a decoder forward: its logits, or its last hidden states."""
+    for name in ("logits", "last_hidden_state"):
+        if getattr(out, name, None) is not None:
+            return getattr(out, name)
+    return out[0]
