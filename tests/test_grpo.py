@@ -10,11 +10,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from emoverse import AMTDataModule, EmoVerseModule, Stage
 from emoverse.backbones.base import Sampling
-from emoverse.checkpointing import ResumableCheckpoint
 from emoverse.curriculum import Curriculum, MultiStageCurriculum
 from emoverse.data import GroupBatch, make_demo_amt
 from emoverse.objectives import GRPO, SFT
@@ -26,6 +24,7 @@ from emoverse.objectives.sampling import (
     reference_policy,
     token_logprobs,
 )
+from tests.stop_and_resume import BATCH, check_exact_resume
 
 # a fixed tiny batch: 2 prompts x G=3 answers of up to 4 tokens
 G = 3
@@ -260,9 +259,6 @@ def test_grpo_step_on_the_tiny_backbone(small_amt: Path):
 
 # fit and resume ----------------------------------------------------------------------------------
 
-BATCH = 2
-
-
 def stages(train: tuple[str, ...] = ("lora",)) -> list[Stage]:
     return [
         Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=2 * BATCH),
@@ -272,64 +268,14 @@ def stages(train: tuple[str, ...] = ("lora",)) -> list[Stage]:
     ]
 
 
-class Stop(Exception):
-    pass
-
-
-class Recorder(pl.Callback):
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.pairs: list[tuple[str, str]] = []
-        self.metrics: list[dict[str, float]] = []
-        self.stop_at = stop_at
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.stop_at:
-            raise Stop
-        self.pairs.extend(batch.draws)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
-
-
-def fit(amt: Path, root: Path, recorder: Recorder, ckpt_path: str | None = None, every: int = 0) -> EmoVerseModule:
-    torch.manual_seed(0)
-    curriculum = Curriculum(stages())
-    module = EmoVerseModule("tiny", lora_dropout=0.1, lr=1e-3, warmup_ratio=0.2, curriculum=curriculum)
-    data = AMTDataModule(str(amt), batch_size=BATCH, eval_batch_size=BATCH, num_frames=2, seed=0,
-                         processor=module.processor, tasks=module.tasks, curriculum=curriculum)
-    trainer = pl.Trainer(
-        max_epochs=curriculum.total_epochs, reload_dataloaders_every_n_epochs=1, strategy=SingleDeviceStrategy("cpu"),
-        callbacks=[MultiStageCurriculum(curriculum), recorder,
-                   ResumableCheckpoint(str(root), every_n_train_steps=every, keep_epoch_ends=False, handle_signals=False)],
-        logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, default_root_dir=root,
-    )
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    return module
-
-
 def test_fit_with_a_grpo_stage_resumes_exactly_mid_stage(small_amt: Path, tmp_path: Path):
-    full = Recorder()
-    reference = fit(small_amt, tmp_path / "full", full)
-    assert len(full.pairs) == 5 * BATCH
+    metrics = check_exact_resume(small_amt, tmp_path, stages, stop=3, keys=("train/grpo/reward",))  # 1 step into GRPO
+    assert len(metrics) == 5
     assert {"train/grpo/reward", "train/grpo/kl", "train/grpo/reward_std", "train/grpo/answer_length",
-            "train/grpo/unparsed"} <= set(full.metrics[-1])
+            "train/grpo/unparsed"} <= set(metrics[-1])
     # the reference is the stage's start (after the SFT stage moved the adapters), kept in the checkpoint
-    assert full.metrics[2]["train/grpo/kl"] == 0.0
-    assert full.metrics[-1]["train/grpo/kl"] > 0
-
-    stop = 3  # one step into the GRPO stage
-    interrupted = Recorder(stop_at=stop)
-    with pytest.raises(Stop):
-        fit(small_amt, tmp_path / "stopped", interrupted, every=1)
-    rest = Recorder()
-    resumed = fit(small_amt, tmp_path / "resumed", rest, ckpt_path=str(tmp_path / "stopped" / "last.ckpt"))
-    assert rest.pairs == full.pairs[stop * BATCH:]
-    assert [m["train/grpo/reward"] for m in rest.metrics] == [m["train/grpo/reward"] for m in full.metrics[stop:]]
-    want, got = reference.trainable_state_dict(), resumed.trainable_state_dict()
-    assert want.keys() == got.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert metrics[2]["train/grpo/kl"] == 0.0
+    assert metrics[-1]["train/grpo/kl"] > 0
 
 
 # two ranks ---------------------------------------------------------------------------------------

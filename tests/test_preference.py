@@ -8,17 +8,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from emoverse import AMTDataModule, EmoVerseModule, Stage
-from emoverse.checkpointing import ResumableCheckpoint
-from emoverse.curriculum import Curriculum, MultiStageCurriculum
+from emoverse.curriculum import Curriculum
 from emoverse.data import GroupBatch, make_demo_amt
 from emoverse.objectives import Preference
 from emoverse.objectives.preference import GOLD, dpo_loss, preference_pairs
+from tests.stop_and_resume import BATCH, check_exact_resume
 
 # three pairs: log π_θ and log π_ref of the chosen and the rejected answer (summed over their tokens)
 CHOSEN = [-3.0, -5.5, -2.0]
@@ -162,9 +160,6 @@ def test_gold_answers_can_be_chosen(small_amt: Path):
 
 # fit and resume ----------------------------------------------------------------------------------
 
-BATCH = 2
-
-
 def stages() -> list[Stage]:
     return [
         Stage(name="perception", ratios={"msa": 6, "fer": 3, "mer": 1}, budget=24, epochs=1, samples_per_epoch=2 * BATCH),
@@ -174,64 +169,13 @@ def stages() -> list[Stage]:
     ]
 
 
-class Stop(Exception):
-    pass
-
-
-class Recorder(pl.Callback):
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.pairs: list[tuple[str, str]] = []
-        self.metrics: list[dict[str, float]] = []
-        self.stop_at = stop_at
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.stop_at:
-            raise Stop
-        self.pairs.extend(batch.draws)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
-
-
-def fit(amt: Path, root: Path, recorder: Recorder, ckpt_path: str | None = None, every: int = 0) -> EmoVerseModule:
-    torch.manual_seed(0)
-    curriculum = Curriculum(stages())
-    module = EmoVerseModule("tiny", lora_dropout=0.1, lr=1e-3, warmup_ratio=0.2, curriculum=curriculum)
-    varied_rewards(module)
-    data = AMTDataModule(str(amt), batch_size=BATCH, eval_batch_size=BATCH, num_frames=2, seed=0,
-                         processor=module.processor, tasks=module.tasks, curriculum=curriculum)
-    trainer = pl.Trainer(
-        max_epochs=curriculum.total_epochs, reload_dataloaders_every_n_epochs=1, strategy=SingleDeviceStrategy("cpu"),
-        callbacks=[MultiStageCurriculum(curriculum), recorder,
-                   ResumableCheckpoint(str(root), every_n_train_steps=every, keep_epoch_ends=False, handle_signals=False)],
-        logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, default_root_dir=root,
-    )
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    return module
-
-
 def test_fit_with_a_preference_stage_resumes_exactly_mid_stage(small_amt: Path, tmp_path: Path):
-    full = Recorder()
-    reference = fit(small_amt, tmp_path / "full", full)
-    assert len(full.pairs) == 5 * BATCH
+    keys = ("train/preference/reward_margin", "train/preference/accuracy", "train/loss")
+    metrics = check_exact_resume(small_amt, tmp_path, stages, stop=3, keys=keys, prepare=varied_rewards)
+    assert len(metrics) == 5  # one step into the preference stage is where it stopped
     assert {"train/preference/pairs", "train/preference/skipped", "train/preference/reward_margin",
             "train/preference/chosen_reward", "train/preference/rejected_reward", "train/preference/accuracy",
-            "train/fer/reward", "train/fer/reward/correct"} <= set(full.metrics[-1])
+            "train/fer/reward", "train/fer/reward/correct"} <= set(metrics[-1])
     # the reference is the stage's start: at its first step every implicit reward is 0
-    assert full.metrics[2]["train/preference/reward_margin"] == 0.0
-    assert full.metrics[-1]["train/preference/reward_margin"] != 0.0
-
-    stop = 3  # one step into the preference stage
-    interrupted = Recorder(stop_at=stop)
-    with pytest.raises(Stop):
-        fit(small_amt, tmp_path / "stopped", interrupted, every=1)
-    rest = Recorder()
-    resumed = fit(small_amt, tmp_path / "resumed", rest, ckpt_path=str(tmp_path / "stopped" / "last.ckpt"))
-    assert rest.pairs == full.pairs[stop * BATCH:]
-    keys = ("train/preference/reward_margin", "train/preference/accuracy", "train/loss")
-    assert [[m[k] for k in keys] for m in rest.metrics] == [[m[k] for k in keys] for m in full.metrics[stop:]]
-    want, got = reference.trainable_state_dict(), resumed.trainable_state_dict()
-    assert want.keys() == got.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert metrics[2]["train/preference/reward_margin"] == 0.0
+    assert metrics[-1]["train/preference/reward_margin"] != 0.0
