@@ -16,8 +16,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import load_file, save_file
-
 if TYPE_CHECKING:
     from emoverse.backbones import ComposedBackbone
     from emoverse.module import EmoVerseModule
@@ -34,6 +32,8 @@ AUDIO_PROJECTOR_FILE = "audio_projector.safetensors"
 def export_trained(module: EmoVerseModule, out_dir: str | Path) -> Path:
     """Write `{out_dir}/lora/` (peft adapter, safetensors) and `{out_dir}/projector.safetensors` (where the backbone
     has a projector)."""
+    from safetensors.torch import save_file  # imported here: `emoverse export --help` stays light
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     module.backbone.model.save_pretrained(out / ADAPTER_DIR, safe_serialization=True)
@@ -47,6 +47,7 @@ def load_trained(module: EmoVerseModule, out_dir: str | Path) -> None:
     """Load an `export_trained` folder into `module` (built with the same backbone and LoRA settings)."""
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
+    from safetensors.torch import load_file
 
     src = Path(out_dir)
     projector = "projector" in module.backbone.part_paths()
@@ -116,6 +117,7 @@ def load_composed(folder: str | Path) -> ComposedBackbone:
         ValueError: the config does not name the timm model's arguments (exported from a model object).
     """
     import timm
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emoverse.backbones import ComposedBackbone

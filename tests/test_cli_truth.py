@@ -181,7 +181,8 @@ def test_a_ddp_run_leaves_one_version_folder(small_demo: Path, tmp_path: Path) -
 # help ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["report", "--help"], ["collect", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["report", "--help"], ["collect", "--help"],
+                                  ["export", "--help"], ["smoke", "--help"]])
 def test_help_imports_no_torch(args: list[str]) -> None:
     code = ("import sys\nfrom emoverse.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & "
