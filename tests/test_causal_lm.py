@@ -194,3 +194,24 @@ def test_trained_adapter_export_round_trips_without_a_projector(tmp_path: Path) 
     load_trained(b, tmp_path)
     want = a.trainable_state_dict()
     assert all(torch.equal(b.state_dict()[k], v) for k, v in want.items())
+
+
+GEMMA2_TEMPLATE = (  # Gemma 2's chat template: no system turn
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+
+
+def test_a_template_without_a_system_turn_gets_the_system_prompt_in_the_user_turn() -> None:
+    bb = create_backbone("tiny_text")
+    bb.processor.tokenizer.chat_template = GEMMA2_TEMPLATE
+    proc = CausalLMBackbone(bb.core, bb.processor.tokenizer).processor
+    assert not proc.takes_system and create_backbone("tiny_text").processor.takes_system
+    text = proc.render(proc.messages("How?", 0, system_prompt="Be brief."), add_generation_prompt=True)
+    assert text == "<start_of_turn>user\nBe brief.\n\nHow?<end_of_turn>\n<start_of_turn>model\n"
+    batch = AMTCollator(proc, "train", "Be brief.")(examples(1))
+    labels = batch.labels[0]
+    assert proc.tokenizer.decode(labels[labels != -100]).startswith("Positive<end_of_turn>")

@@ -86,14 +86,27 @@ class BackboneProcessor(ResponsesMixin, PackingMixin, ABC):
         own placeholders); system and assistant content take the form the chat template reads, a list of text
         parts or a string (`content_form`)."""
         out: list[dict[str, Any]] = []
-        if system_prompt:
+        folded: list[dict[str, Any]] = []
+        if system_prompt and self.takes_system:
             out.append({"role": "system", "content": self._content("system", system_prompt)})
+        elif system_prompt:  # the template has no system turn: the instruction opens the user turn (as Gemma 3's does)
+            folded = [{"type": "text", "text": f"{system_prompt}\n\n"}]
         visual = [media_part("video")] if video else [media_part("image")] * n_images
         sound = [media_part("audio")] if audio else []
-        out.append({"role": "user", "content": [*visual, *sound, {"type": "text", "text": query}]})
+        out.append({"role": "user", "content": [*folded, *visual, *sound, {"type": "text", "text": query}]})
         if response is not None:
             out.append({"role": "assistant", "content": self._content("assistant", response)})
         return out
+
+    @functools.cached_property
+    def takes_system(self) -> bool:
+        """Whether the chat template renders a system turn. One that rejects it (Gemma 2's raises "System role not
+        supported") or leaves its text out gets the system prompt at the start of the user turn instead."""
+        try:
+            self.content_form("system")
+        except ValueError:
+            return False
+        return True
 
     def content_form(self, role: Literal["system", "assistant"]) -> Literal["parts", "string"]:
         """How the chat template reads `role`'s content: "parts" (`[{"type": "text", "text": ...}]`) where it
