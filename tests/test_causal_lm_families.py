@@ -3,7 +3,7 @@ loaded from a folder as a downloaded checkpoint is.
 
 What differs between families and has broken before: the layers LoRA can adapt (GPT-2's `Conv1D`, Falcon's own
 `nn.Linear` subclass: no adapter target was found), whether a packed row keeps its examples apart (OPT's decoder
-builds its causal mask without the packed positions: its packed loss was 2 % off the padded one, silently), the
+builds its causal mask without the packed positions: its packed per-example losses differed from the padded ones, silently), the
 cached likelihood scoring, generation and the merged export.
 """
 
